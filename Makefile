@@ -1,0 +1,33 @@
+# The two fresh-machine commands: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test install unit docs clean
+
+$(BIN)/signaling: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(BIN)/signaling
+
+## run: one node on the embedded in-memory bus, with the demo page, on http://127.0.0.1:8080/
+run: install
+	$(BIN)/signaling serve --host 127.0.0.1 --port 8080
+
+## test: the full suite (needs redis-server, nginx, chromium on PATH; .ci/run installs them)
+test: install
+	$(BIN)/pytest
+
+## unit: the fast tests only (no servers, no sockets)
+unit: install
+	$(BIN)/pytest tests/unit tests/contract -q
+
+## docs: regenerate the README's configuration reference from signaling/config.py
+docs: install
+	$(BIN)/python -m signaling.docs
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

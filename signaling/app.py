@@ -1,0 +1,180 @@
+"""The aiohttp application of one node: /ws, /healthz, /readyz, /metrics, the demo page.
+
+Everything that can refuse a connection does so before the upgrade, with an HTTP
+status and a JSON body: 503 while draining, when the node is full or when the bus is
+down; 401 for auth; 400 for bad parameters; 426 for a plain HTTP request to /ws.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from aiohttp import web
+
+from . import bus as buses
+from .auth import AuthError, Verifier, ice_servers
+from .config import Settings
+from .core import Limits
+from .inbox import parse_seq
+from .metrics import CONTENT_TYPE, Metrics
+from .protocol import CloseCode
+from .session import Session
+
+log = logging.getLogger("signaling.app")
+STATIC = Path(__file__).parent / "static"
+
+
+class Node:
+    """What every connection on this node shares."""
+
+    def __init__(self, settings: Settings, bus: buses.Bus) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.verifier = Verifier(settings)
+        self.metrics = Metrics()
+        self.limits = Limits(settings.rate, settings.burst, settings.abuse_strikes, settings.abuse_window)
+        self.sessions: set[Session] = set()  # connections on this node, upgraded or upgrading
+        self.tasks: set[asyncio.Task[Any]] = set()  # handler tasks of those connections
+        self.draining = False
+        self._static_ice = json.loads(settings.ice_servers)
+
+    @property
+    def ready(self) -> bool:
+        return self.bus.ready and not self.draining
+
+    def ice_servers(self, peer: str) -> list[dict[str, Any]]:
+        s = self.settings
+        return ice_servers(self._static_ice, s.turn_urls, s.turn_secret, s.turn_ttl, peer, time.time())
+
+    async def drain(self) -> None:
+        """Leave the load balancer (/readyz 503), then close every socket with 1001,
+        spread over `drain_window` seconds, and wait for the sessions to end."""
+        self.draining = True
+        self.metrics.draining.set(1)
+        sessions = list(self.sessions)
+        log.info("draining %d connections over %.1fs", len(sessions), self.settings.drain_window)
+        step = self.settings.drain_window / len(sessions) if sessions else 0.0
+        for session in sessions:
+            session.close(CloseCode.DRAINING, "node draining; reconnect")
+            if step:
+                await asyncio.sleep(step)
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=15.0)
+
+
+NODE = web.AppKey("node", Node)
+
+
+def _json_error(status: int, error: str, message: str) -> web.Response:
+    return web.json_response({"error": error, "message": message}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """HTTP errors answer with a JSON body, like every refusal of this service."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        return _json_error(exc.status, exc.reason.lower().replace(" ", "-"), exc.text or exc.reason)
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    node = request.app[NODE]
+    s = node.settings
+    if node.draining:
+        node.metrics.rejected.labels("draining").inc()
+        return _json_error(503, "unavailable", "this node is draining; connect again")
+    if not node.bus.ready:
+        node.metrics.rejected.labels("bus").inc()
+        return _json_error(503, "unavailable", "the cluster cannot route right now; retry later")
+    if len(node.sessions) >= s.max_connections:
+        node.metrics.rejected.labels("full").inc()
+        return _json_error(503, "unavailable", "this node is at its connection limit; retry later")
+    resume = request.query.get("resume")
+    if resume is not None and parse_seq(resume) is None:
+        node.metrics.rejected.labels("bad-request").inc()
+        return _json_error(400, "bad-request", "`resume` must be a seq this server sent")
+    token = request.query.get("token")
+    header = request.headers.get("Authorization", "")
+    if not token and header[:7].lower() == "bearer ":
+        token = header[7:].strip()
+    try:
+        identity = node.verifier.identify(token, request.query.get("peer"))
+    except AuthError as exc:
+        node.metrics.rejected.labels(exc.code).inc()
+        return _json_error(exc.status, exc.code, exc.message)
+    ws = web.WebSocketResponse(heartbeat=s.heartbeat, max_msg_size=s.max_frame_bytes, autoping=True)
+    if not ws.can_prepare(request).ok:
+        return _json_error(426, "upgrade-required", "this endpoint speaks WebSocket only")
+    session = Session(node, ws, identity)
+    node.sessions.add(session)
+    task = asyncio.current_task()
+    assert task is not None
+    node.tasks.add(task)
+    node.metrics.connections.set(len(node.sessions))
+    try:
+        await ws.prepare(request)
+        await session.run(resume)
+    finally:
+        node.sessions.discard(session)
+        node.tasks.discard(task)
+        node.metrics.connections.set(len(node.sessions))
+    return ws
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "node": request.app[NODE].settings.node_id})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    node.metrics.ready.set(1 if node.ready else 0)
+    if node.ready:
+        return web.json_response({"status": "ready", "node": node.settings.node_id})
+    reason = "draining" if node.draining else "bus unavailable"
+    return web.json_response({"error": "unavailable", "message": reason, "node": node.settings.node_id}, status=503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    node.metrics.ready.set(1 if node.ready else 0)
+    return web.Response(body=node.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html")
+
+
+def create_app(settings: Settings, bus: buses.Bus | None = None) -> web.Application:
+    """The node's application. Without `bus`, one is made from `settings.redis_url`."""
+    if bus is None:
+        bus = buses.from_url(settings.redis_url, node_id=settings.node_id, grace=settings.grace,
+                             inbox_limit=settings.inbox_limit)
+    node = Node(settings, bus)
+    app = web.Application(middlewares=[json_errors])
+    app[NODE] = node
+
+    async def bus_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await bus.start()
+        yield
+        await bus.close()
+
+    async def close_sessions(app: web.Application) -> None:
+        if node.sessions and not node.draining:
+            await node.drain()
+
+    app.cleanup_ctx.append(bus_lifecycle)
+    app.on_shutdown.append(close_sessions)
+    app.router.add_get("/ws", websocket)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", index)
+    return app

@@ -1,0 +1,85 @@
+"""The `Bus`: how a node reaches peers wherever they are connected.
+
+Contract (every implementation; tests/contract runs one suite over all of them):
+
+- **Ownership.** `attach` claims a peer id cluster-wide for one connection and returns
+  its `epoch`. The latest attach wins: the previous connection's mailbox gets
+  `replaced()` and receives nothing more; a `detach` with a stale epoch does nothing.
+- **Delivery.** `send` / `broadcast` / room events put the message in each recipient's
+  inbox under a new `seq` (increasing per recipient) *before* returning; the result
+  says `DELIVERED` (recipient connected: its mailbox gets `deliver(seq, body)`),
+  `QUEUED` (recipient reconnecting: it gets the message when it attaches again within
+  the grace) or `NO_PEER` (nobody has that id: nothing stored). An answer other than
+  `NO_PEER`/`NOT_IN_ROOM` is a promise: the message reaches the recipient if it is
+  connected or resumes within its grace. Messages from one sender to one recipient
+  keep their order. A mailbox may see a seq twice after a resume; it drops seqs it
+  has already passed (the session does).
+- **Grace.** `detach(final=False)` keeps the peer, its rooms and its inbox for the
+  grace period; `attach` within it (with `resume`) replays the inbox. When the grace
+  runs out, or on `detach(final=True)`, the peer leaves every room (`peer-left` to the
+  others) and its inbox is dropped.
+- **Failure.** An operation that cannot reach the cluster raises `BusUnavailable`
+  and has no effect; `ready` is False until it can again.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Protocol
+
+from ..directory import Attached, Result
+
+
+class BusUnavailable(Exception):
+    """The bus cannot route right now (its backend is unreachable)."""
+
+
+class Mailbox(Protocol):
+    """A connection on this node, as the bus sees it. Both calls must not block."""
+
+    def deliver(self, seq: str, body: bytes) -> None: ...
+
+    def replaced(self) -> None: ...
+
+
+class Bus(abc.ABC):
+    node_id: str
+
+    @property
+    @abc.abstractmethod
+    def ready(self) -> bool:
+        """True while the bus can route (its backend is connected)."""
+
+    async def start(self) -> None:
+        """Connect; called once before the node accepts connections."""
+
+    async def close(self) -> None:
+        """Disconnect and stop background work; called once at shutdown."""
+
+    @abc.abstractmethod
+    async def attach(self, peer: str, mailbox: Mailbox, resume: str | None = None) -> Attached:
+        """Make `mailbox` the one connection of `peer`; see the module docstring."""
+
+    @abc.abstractmethod
+    async def detach(self, peer: str, epoch: int, *, final: bool, delivered: str | None = None) -> None:
+        """Connection `epoch` of `peer` ended: for good (`final`) or into the grace.
+
+        `delivered` is the last seq the connection wrote out, so a reconnect without
+        `resume=` starts after it.
+        """
+
+    @abc.abstractmethod
+    async def send(self, to: str, body: bytes) -> Result:
+        """Put `body` in peer `to`'s inbox and deliver it: DELIVERED, QUEUED or NO_PEER."""
+
+    @abc.abstractmethod
+    async def broadcast(self, sender: str, room: str, body: bytes) -> Result:
+        """`body` to every member of `room` but `sender`: DELIVERED, QUEUED or NOT_IN_ROOM."""
+
+    @abc.abstractmethod
+    async def join(self, peer: str, room: str, *, room_limit: int, rooms_per_peer: int) -> Result:
+        """OK with `peers` (the others), ROOM_FULL or TOO_MANY_ROOMS; others get `peer-joined`."""
+
+    @abc.abstractmethod
+    async def leave(self, peer: str, room: str) -> Result:
+        """OK or NOT_IN_ROOM; the others get `peer-left`."""

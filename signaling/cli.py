@@ -1,0 +1,62 @@
+"""`signaling serve | token | config-reference`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from typing import Sequence
+
+from . import __version__, auth, config, logs, server
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="signaling", description="Horizontally scalable WebRTC signaling.")
+    parser.add_argument("--version", action="version", version=f"signaling {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run one signaling node")
+    config.add_arguments(serve)
+
+    token = sub.add_parser("token", help="mint an HS256 token with the configured secret (development, tests)")
+    token.add_argument("sub", help="the peer id (`sub` claim)")
+    token.add_argument("--room", action="append", dest="rooms", metavar="ROOM",
+                       help="a room the token allows (repeatable; a trailing * is a prefix); default: any room")
+    token.add_argument("--ttl", type=float, default=None, help="lifetime in seconds (default: --token-ttl)")
+    config.add_arguments(token)
+
+    sub.add_parser("config-reference", help="print the configuration reference (markdown)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "config-reference":
+        sys.stdout.write(config.reference_table())
+        return 0
+    try:
+        settings = config.load(args)
+    except config.ConfigError as exc:
+        print(f"signaling: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "token":
+        if not settings.jwt_secret:
+            print("signaling token: needs a JWT secret (SIGNALING_JWT_SECRET or --jwt-secret-file)", file=sys.stderr)
+            return 2
+        ttl = args.ttl if args.ttl is not None else settings.token_ttl
+        print(auth.mint(settings.jwt_secret, args.sub, ttl=ttl, rooms=args.rooms,
+                        audience=settings.jwt_audience or None, issuer=settings.jwt_issuer or None))
+        return 0
+    logs.setup(settings.log_level, settings.log_format)
+    logging.getLogger("signaling").info("settings: %s", json.dumps(settings.redacted()))
+    try:
+        asyncio.run(server.serve(settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,212 @@
+"""One frozen `Settings`, built from command-line flags and `SIGNALING_*` variables.
+
+Every option is declared once, in `Settings`, with its help text in the field's
+metadata. The argument parser, the environment reader and the README's configuration
+reference (`signaling config-reference`) are all generated from those declarations, so
+they cannot drift apart. Precedence: flag, then environment variable, then default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+ENV_PREFIX = "SIGNALING_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the node cannot run with; the message names it."""
+
+
+def _opt(default: Any, help: str, *, secret: bool = False, metavar: str | None = None) -> Any:
+    meta = {"help": help, "secret": secret, "metavar": metavar}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _default_node_id() -> str:
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # -- listening -------------------------------------------------------------------
+    host: str = _opt("127.0.0.1", "Address to listen on (0.0.0.0 in containers).")
+    port: int = _opt(8080, "TCP port to listen on.")
+    backlog: int = _opt(1024, "Listen backlog; keep it large so a reconnect storm does not overflow it.")
+    node_id: str = _opt("", "Name of this node, sent in `welcome.node` (default: hostname plus a random suffix).")
+    tls_cert: str = _opt("", "PEM certificate chain: serve wss:// directly (where no proxy terminates TLS).", metavar="PATH")
+    tls_key: str = _opt("", "PEM private key for --tls-cert.", metavar="PATH")
+    # -- cluster ---------------------------------------------------------------------
+    redis_url: str = _opt("", "Bus to join: empty or memory:// for the embedded single-node bus; redis://... for a cluster.", metavar="URL")
+    key_prefix: str = _opt("signaling", "Prefix of every Redis key and channel, so several clusters can share one Redis.")
+    # -- auth ------------------------------------------------------------------------
+    jwt_secret: str = _opt("", "HS256 shared secret; turns on JWT auth. Prefer the _FILE form or the environment.", secret=True)
+    jwt_secret_file: str = _opt("", "File holding the HS256 secret.", metavar="PATH")
+    jwt_public_key: str = _opt("", "PEM public key file (RSA: RS256, EC P-256: ES256); turns on JWT auth.", metavar="PATH")
+    jwt_audience: str = _opt("", "Required `aud` claim, when set.")
+    jwt_issuer: str = _opt("", "Required `iss` claim, when set.")
+    jwt_leeway: float = _opt(5.0, "Clock skew allowed on `exp`/`nbf`/`iat`, in seconds.")
+    token_ttl: int = _opt(3600, "Default lifetime of tokens minted by `signaling token`, in seconds.")
+    # -- ICE -------------------------------------------------------------------------
+    ice_servers: str = _opt("[]", "JSON list of RTCIceServer objects sent in `welcome.iceServers` as they are.", metavar="JSON")
+    turn_urls: list = _opt([], "TURN server URLs that get per-connection REST credentials (repeatable; comma-separated in the environment).", metavar="URL")
+    turn_secret: str = _opt("", "TURN REST API shared secret (coturn `static-auth-secret`).", secret=True)
+    turn_secret_file: str = _opt("", "File holding the TURN secret.", metavar="PATH")
+    turn_ttl: int = _opt(86400, "Lifetime of minted TURN credentials, in seconds.")
+    # -- limits ----------------------------------------------------------------------
+    max_frame_bytes: int = _opt(65536, "Largest accepted frame; a bigger one closes the connection with 1009.")
+    rate: float = _opt(50.0, "Sustained messages per second per connection (token bucket refill).")
+    burst: int = _opt(100, "Token bucket size: messages a connection may send at once.")
+    abuse_strikes: int = _opt(200, "Rejected frames (invalid or rate-limited) within --abuse-window that close the connection with 1008.")
+    abuse_window: float = _opt(10.0, "Window for --abuse-strikes, in seconds.")
+    room_limit: int = _opt(50, "Members per room; a join beyond it gets `room-full`.")
+    rooms_per_peer: int = _opt(32, "Rooms one peer may be in at once; a join beyond it gets `forbidden`.")
+    grace: float = _opt(15.0, "Reconnect grace: seconds a dropped peer keeps its id, rooms and inbox.")
+    inbox_limit: int = _opt(256, "Messages kept per peer for resume; older ones are dropped (the resume then says resumed: false).")
+    send_queue: int = _opt(1024, "Outgoing frames buffered per connection; a consumer that falls further behind is closed with 1011 and resumes from its inbox.")
+    max_connections: int = _opt(10000, "Connections per node; beyond it the upgrade is refused with HTTP 503.")
+    heartbeat: float = _opt(25.0, "Seconds between server WebSocket pings (sent in `welcome.heartbeat`); no pong within half of it closes the socket.")
+    drain_window: float = _opt(0.0, "On SIGTERM, spread the 1001 closes over this many seconds (no reconnect thundering herd).")
+    # -- logging ---------------------------------------------------------------------
+    log_level: str = _opt("info", "debug, info, warning or error.")
+    log_format: str = _opt("text", "text or json.")
+
+    # ----------------------------------------------------------------------------------
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.jwt_secret or self.jwt_public_key)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict with secrets masked: safe to log."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.metadata.get("secret") and value else value
+        return out
+
+    def check(self) -> Settings:
+        """Validate, read `*_file` secrets, fill the node id; return the final settings."""
+        changes: dict[str, Any] = {}
+        if not self.node_id:
+            changes["node_id"] = _default_node_id()
+        for name in ("jwt_secret", "turn_secret"):
+            path = getattr(self, f"{name}_file")
+            if path:
+                if getattr(self, name):
+                    raise ConfigError(f"give either --{_flag(name)} or --{_flag(name)}-file, not both")
+                try:
+                    changes[name] = Path(path).read_text().strip()
+                except OSError as exc:
+                    raise ConfigError(f"--{_flag(name)}-file: {exc}") from None
+                if not changes[name]:
+                    raise ConfigError(f"--{_flag(name)}-file: {path} is empty")
+        secret = changes.get("jwt_secret", self.jwt_secret)
+        if secret and self.jwt_public_key:
+            raise ConfigError("give either a JWT secret or a JWT public key, not both")
+        if secret and len(secret.encode()) < 32:
+            raise ConfigError("the JWT secret must be at least 32 bytes (RFC 7518 §3.2)")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("--log-format must be text or json")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("--log-level must be debug, info, warning or error")
+        try:
+            ice = json.loads(self.ice_servers)
+        except ValueError as exc:
+            raise ConfigError(f"--ice-servers is not JSON: {exc}") from None
+        if not isinstance(ice, list) or not all(isinstance(s, dict) and "urls" in s for s in ice):
+            raise ConfigError("--ice-servers must be a JSON list of objects with `urls`")
+        if self.turn_urls and not (self.turn_secret or self.turn_secret_file):
+            raise ConfigError("--turn-urls needs --turn-secret (or --turn-secret-file)")
+        for name in ("port", "max_frame_bytes", "burst", "abuse_strikes", "room_limit",
+                     "rooms_per_peer", "inbox_limit", "send_queue", "max_connections",
+                     "turn_ttl", "backlog", "token_ttl"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{_flag(name)} must be positive")
+        for name in ("rate", "abuse_window", "grace", "heartbeat"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{_flag(name)} must be positive")
+        if self.drain_window < 0 or self.jwt_leeway < 0:
+            raise ConfigError("--drain-window and --jwt-leeway must not be negative")
+        return dataclasses.replace(self, **changes)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _convert(f: dataclasses.Field, raw: Any) -> Any:
+    kind = type(f.default) if f.default is not dataclasses.MISSING else list
+    if kind is list:
+        if isinstance(raw, str):
+            return [item.strip() for item in raw.split(",") if item.strip()]
+        return list(raw)
+    if kind is bool:
+        return str(raw).lower() in ("1", "true", "yes", "on")
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{f.name}: expected {kind.__name__}, got {raw!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; defaults stay None so env and defaults can fill in."""
+    for f in dataclasses.fields(Settings):
+        help_text = f"{f.metadata['help']} [env {env_name(f.name)}]"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
+        if f.metadata.get("metavar"):
+            kwargs["metavar"] = f.metadata["metavar"]
+        if f.default is dataclasses.MISSING:  # list
+            kwargs["action"] = "append"
+        parser.add_argument(f"--{_flag(f.name)}", **kwargs)
+
+
+def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings: flags (when given) over `SIGNALING_*` variables over defaults."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        raw = getattr(args, f.name, None) if args is not None else None
+        if raw is None:
+            raw = environ.get(env_name(f.name))
+        if raw is not None:
+            values[f.name] = _convert(f, raw)
+    return Settings(**values).check()
+
+
+def reference_table() -> str:
+    """The markdown configuration reference that the README embeds."""
+    rows = ["| flag | environment | default | meaning |", "| --- | --- | --- | --- |"]
+    for f in dataclasses.fields(Settings):
+        default = f.default if f.default is not dataclasses.MISSING else []
+        shown = "" if default in ("", []) else f"`{default}`"
+        rows.append(f"| `--{_flag(f.name)}` | `{env_name(f.name)}` | {shown} | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"
+
+
+def parse_args(argv: Sequence[str]) -> Settings:
+    """Convenience for tests and embedding: `parse_args(["--port", "0"])`."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return load(parser.parse_args(list(argv)), environ={})

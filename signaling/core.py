@@ -1,0 +1,205 @@
+"""The pure core of one connected peer: frames in, effects out. No sockets, no clock.
+
+`Peer.receive(frame, now)` validates a client frame, applies the connection's rate
+limit, abuse meter and room grants, and returns what must happen as frozen effects:
+`Reply` (a frame back to this client), `Send` / `Broadcast` / `JoinRoom` /
+`LeaveRoom` (work for the bus), `Close`. The session performs them and feeds each bus
+answer back through `Peer.settle(effect, result)`, which returns the receipt.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable, Union
+
+from . import protocol as p
+from .directory import Outcome, Result
+from .protocol import CloseCode, ErrorCode, ProtocolError, ReceiptId
+
+# -- effects ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    frame: bytes
+    kind: str  # "ack", "error", "pong", "joined", "left": for metrics
+    code: str | None = None  # the error code of an error
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    to: str
+    body: bytes  # what the recipient gets, before its seq
+    id: ReceiptId
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    room: str
+    body: bytes
+    id: ReceiptId
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRoom:
+    room: str
+    id: ReceiptId
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveRoom:
+    room: str
+    id: ReceiptId
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: CloseCode
+    reason: str
+
+
+Effect = Union[Reply, Send, Broadcast, JoinRoom, LeaveRoom, Close]
+BusWork = Union[Send, Broadcast, JoinRoom, LeaveRoom]
+
+# -- limits -------------------------------------------------------------------------
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` saved up; one token per message."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.stamp = float(burst), now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class StrikeMeter:
+    """Counts rejected frames; more than `limit` within `window` seconds is abuse."""
+
+    __slots__ = ("limit", "window", "times")
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self.times: deque[float] = deque(maxlen=limit + 1)
+
+    def strike(self, now: float) -> bool:
+        self.times.append(now)
+        while self.times and now - self.times[0] > self.window:
+            self.times.popleft()
+        return len(self.times) > self.limit
+
+
+def room_allowed(grants: Iterable[str] | None, room: str) -> bool:
+    """`grants` from the token's `rooms` claim (None: any room); `x*` is a prefix."""
+    if grants is None:
+        return True
+    for grant in grants:
+        if grant == room or (grant.endswith("*") and room.startswith(grant[:-1])):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Limits:
+    rate: float = 50.0
+    burst: int = 100
+    abuse_strikes: int = 200
+    abuse_window: float = 10.0
+
+
+# -- the peer -----------------------------------------------------------------------
+
+class Peer:
+    def __init__(self, peer: str, now: float, *, limits: Limits = Limits(),
+                 grants: Iterable[str] | None = None, rooms: Iterable[str] = ()) -> None:
+        self.peer = peer
+        self.grants = None if grants is None else tuple(grants)
+        self.rooms: set[str] = set(rooms)  # rooms this peer is in (the bus is the authority)
+        self.bucket = TokenBucket(limits.rate, limits.burst, now)
+        self.strikes = StrikeMeter(limits.abuse_strikes, limits.abuse_window)
+        self.kind = ""  # type of the last frame received ("invalid" when it had none): for metrics
+
+    def receive(self, frame: str | bytes, now: float, *, binary: bool = False) -> list[Effect]:
+        """One client frame -> effects. Never raises on bad input."""
+        self.kind = "invalid"
+        if not self.bucket.take(now):
+            return self._reject(ErrorCode.RATE_LIMITED, "over the message rate; the message was dropped",
+                                None if binary else p.peek_id(frame), now)
+        if binary:
+            return self._reject(ErrorCode.BAD_MESSAGE, "binary frames are not accepted; send JSON text", None, now)
+        try:
+            msg = p.parse(frame)
+        except ProtocolError as exc:
+            return self._reject(exc.code, exc.message, exc.id, now)
+        self.kind = msg.type if isinstance(msg, p.Relay) else type(msg).__name__.lower()
+        if isinstance(msg, p.Relay):
+            body = p.relayed_body(self.peer, msg)
+            if msg.to is not None:
+                return [Send(msg.to, body, msg.id, msg.type)]
+            if msg.room not in self.rooms:
+                return [self._error(ErrorCode.NOT_IN_ROOM, f"not in room {msg.room!r}", msg.id)]
+            return [Broadcast(msg.room, body, msg.id, msg.type)]
+        if isinstance(msg, p.Ping):
+            return self._with_ack([Reply(p.PONG, "pong")], msg.id)
+        if isinstance(msg, p.Join):
+            if not room_allowed(self.grants, msg.room):
+                return [self._error(ErrorCode.FORBIDDEN, f"the token does not allow room {msg.room!r}", msg.id)]
+            return [JoinRoom(msg.room, msg.id)]
+        if msg.room not in self.rooms:  # Leave
+            return [self._error(ErrorCode.NOT_IN_ROOM, f"not in room {msg.room!r}", msg.id)]
+        return [LeaveRoom(msg.room, msg.id)]
+
+    def settle(self, work: BusWork, result: Result) -> list[Effect]:
+        """The bus's answer to `work` -> the replies this client gets."""
+        outcome = result.outcome
+        if isinstance(work, (Send, Broadcast)):
+            if outcome in (Outcome.DELIVERED, Outcome.QUEUED):
+                return [Reply(p.ack(work.id, outcome is Outcome.QUEUED), "ack")] if work.id is not None else []
+            if outcome is Outcome.NO_PEER:
+                return [self._error(ErrorCode.PEER_UNAVAILABLE, f"peer {work.to!r} is not connected", work.id)]  # type: ignore[union-attr]
+            self.rooms.discard(work.room)  # type: ignore[union-attr]
+            return [self._error(ErrorCode.NOT_IN_ROOM, f"not in room {work.room!r}", work.id)]  # type: ignore[union-attr]
+        if isinstance(work, JoinRoom):
+            if outcome is Outcome.OK:
+                self.rooms.add(work.room)
+                return self._with_ack([Reply(p.joined(work.room, result.peers), "joined")], work.id)
+            if outcome is Outcome.ROOM_FULL:
+                return [self._error(ErrorCode.ROOM_FULL, f"room {work.room!r} is full", work.id)]
+            return [self._error(ErrorCode.FORBIDDEN, "in too many rooms; leave one first", work.id)]
+        # LeaveRoom
+        self.rooms.discard(work.room)
+        if outcome is Outcome.OK:
+            return self._with_ack([Reply(p.left(work.room), "left")], work.id)
+        return [self._error(ErrorCode.NOT_IN_ROOM, f"not in room {work.room!r}", work.id)]
+
+    def unavailable(self, work: BusWork) -> list[Effect]:
+        return [self._error(ErrorCode.UNAVAILABLE, "the cluster cannot route right now; retry later", work.id)]
+
+    # ------------------------------------------------------------------------------
+    def _error(self, code: ErrorCode, message: str, id: ReceiptId) -> Reply:
+        return Reply(p.error(code, message, id), "error", code.value)
+
+    def _reject(self, code: ErrorCode, message: str, id: ReceiptId, now: float) -> list[Effect]:
+        """A frame the client should not have sent (invalid or over the rate): a strike."""
+        out: list[Effect] = [self._error(code, message, id)]
+        if self.strikes.strike(now):
+            out.append(Close(CloseCode.POLICY, "too many rejected messages"))
+        return out
+
+    @staticmethod
+    def _with_ack(replies: list[Effect], id: ReceiptId) -> list[Effect]:
+        if id is not None:
+            replies.append(Reply(p.ack(id), "ack"))
+        return replies

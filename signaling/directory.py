@@ -1,0 +1,225 @@
+"""Who is where: peers, their connection state and inbox, rooms. A pure state machine.
+
+`Directory` is the single-node cluster state that the in-memory bus wraps; the Redis
+bus keeps the same state in Redis and must answer every operation the same way (the
+contract suite in tests/contract checks both). Time is passed in (`now`, seconds), so
+every transition is tested without an event loop.
+
+Peer lifecycle::
+
+    absent --attach--> connected --detach(final=False)--> reconnecting --expire--> absent
+                          ^   |                                |
+                          |   +--detach(final=True)--> absent   |
+                          +-----------------attach-------------+
+
+Ownership: every attach gets a new `epoch`; the highest epoch owns the peer (the later
+connection wins). A detach or delivery for an older epoch is ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from .inbox import Entry, Inbox, Seq, format_seq, parse_seq
+from .protocol import room_event
+
+
+class Outcome(enum.Enum):
+    DELIVERED = "delivered"  # in the inbox, and the recipient is connected
+    QUEUED = "queued"  # in the inbox; the recipient is reconnecting
+    NO_PEER = "no-peer"  # neither connected nor reconnecting: nothing stored
+    NOT_IN_ROOM = "not-in-room"
+    ROOM_FULL = "room-full"
+    TOO_MANY_ROOMS = "too-many-rooms"
+    OK = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message for one connected peer; the bus hands it to that peer's connection."""
+
+    peer: str
+    epoch: int
+    seq: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Attached:
+    epoch: int
+    replaced: int | None  # epoch of the connection this one took over, if any
+    resumed: bool
+    replay: list[tuple[str, bytes]]  # (seq, body) to send before anything newer
+    rooms: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    outcome: Outcome
+    deliveries: list[Delivery] = field(default_factory=list)
+    peers: list[str] = field(default_factory=list)  # join: the others already in the room
+
+
+@dataclass
+class PeerRecord:
+    epoch: int
+    node: str
+    inbox: Inbox
+    connected: bool = True
+    deadline: float = 0.0  # when reconnecting: the end of the grace
+    delivered: Seq = (0, 0)  # last seq the connection wrote out (a reconnect without `resume=` starts after it)
+    rooms: set[str] = field(default_factory=set)
+
+
+class Directory:
+    def __init__(self, *, grace: float, inbox_limit: int) -> None:
+        self.grace = grace
+        self.inbox_limit = inbox_limit
+        self.peers: dict[str, PeerRecord] = {}  # peer id -> its record while connected or reconnecting
+        self.rooms: dict[str, set[str]] = {}  # room name -> member peer ids
+        self._epoch = 0
+        self.expired_messages = 0  # inbox entries dropped before a reconnecting peer got them
+
+    # -- connections ---------------------------------------------------------------
+    def attach(self, peer: str, node: str, now: float, resume: str | None = None) -> Attached:
+        self._epoch += 1
+        record = self.peers.get(peer)
+        if record is None:
+            record = PeerRecord(self._epoch, node, Inbox(self.inbox_limit, self.grace))
+            record.delivered = record.inbox.last
+            self.peers[peer] = record
+            return Attached(self._epoch, None, False, [], frozenset())
+        replaced = record.epoch if record.connected else None
+        record.inbox.trim(now)
+        after = parse_seq(resume) if resume is not None else None
+        if after is not None:
+            resumed = record.inbox.covers(after)
+            start = after if after <= record.inbox.last else record.inbox.last
+        else:
+            resumed = False
+            start = record.delivered if not record.connected else record.inbox.last
+        replay = record.inbox.after(start)
+        record.epoch, record.node, record.connected, record.deadline = self._epoch, node, True, 0.0
+        record.delivered = replay[-1].seq if replay else record.inbox.last
+        return Attached(self._epoch, replaced, resumed, [_pair(e) for e in replay], frozenset(record.rooms))
+
+    def detach(self, peer: str, epoch: int, now: float, *, final: bool, delivered: str | None = None) -> list[Delivery]:
+        """The connection `epoch` ended. final: the peer leaves now; else it is reconnecting."""
+        record = self.peers.get(peer)
+        if record is None or record.epoch != epoch or not record.connected:
+            return []
+        if final:
+            return self._remove(peer, now)
+        record.connected = False
+        record.deadline = now + self.grace
+        seq = parse_seq(delivered)
+        if seq is not None:  # else: the connection wrote nothing beyond what it started with
+            record.delivered = min(seq, record.inbox.last)
+        return []
+
+    def owner(self, peer: str) -> tuple[int, bool] | None:
+        """(epoch, connected) of the peer, or None when absent."""
+        record = self.peers.get(peer)
+        return (record.epoch, record.connected) if record else None
+
+    def expire(self, now: float) -> list[Delivery]:
+        """End the grace of every reconnecting peer whose deadline has passed."""
+        out: list[Delivery] = []
+        for peer in [p for p, r in self.peers.items() if not r.connected and r.deadline <= now]:
+            out += self._remove(peer, now)
+        return out
+
+    def next_deadline(self) -> float | None:
+        deadlines = [r.deadline for r in self.peers.values() if not r.connected]
+        return min(deadlines) if deadlines else None
+
+    # -- messages ------------------------------------------------------------------
+    def send(self, to: str, body: bytes, now: float) -> Result:
+        record = self.peers.get(to)
+        if record is None:
+            return Result(Outcome.NO_PEER)
+        delivery = self._store(to, record, body, now)
+        if delivery is None:
+            return Result(Outcome.QUEUED)
+        return Result(Outcome.DELIVERED, [delivery])
+
+    def broadcast(self, sender: str, room: str, body: bytes, now: float) -> Result:
+        members = self.rooms.get(room)
+        if not members or sender not in members:
+            return Result(Outcome.NOT_IN_ROOM)
+        deliveries, queued = self._fan_out(sender, members, body, now)
+        return Result(Outcome.QUEUED if queued else Outcome.DELIVERED, deliveries)
+
+    # -- rooms ---------------------------------------------------------------------
+    def join(self, peer: str, room: str, now: float, *, room_limit: int, rooms_per_peer: int) -> Result:
+        record = self.peers.get(peer)
+        if record is None:
+            return Result(Outcome.NO_PEER)
+        members = self.rooms.get(room, set())
+        others = sorted(members - {peer})
+        if peer in members:  # joining again changes nothing and tells nobody
+            return Result(Outcome.OK, peers=others)
+        if len(members) >= room_limit:
+            return Result(Outcome.ROOM_FULL)
+        if len(record.rooms) >= rooms_per_peer:
+            return Result(Outcome.TOO_MANY_ROOMS)
+        deliveries, _ = self._fan_out(peer, members, room_event("peer-joined", room, peer), now)
+        members.add(peer)
+        self.rooms[room] = members
+        record.rooms.add(room)
+        return Result(Outcome.OK, deliveries, others)
+
+    def leave(self, peer: str, room: str, now: float) -> Result:
+        members = self.rooms.get(room)
+        if not members or peer not in members:
+            return Result(Outcome.NOT_IN_ROOM)
+        return Result(Outcome.OK, self._leave(peer, room, now))
+
+    def members(self, room: str) -> list[str]:
+        return sorted(self.rooms.get(room, ()))
+
+    # -- internals -----------------------------------------------------------------
+    def _store(self, peer: str, record: PeerRecord, body: bytes, now: float) -> Delivery | None:
+        seq, dropped = record.inbox.append(body, now)
+        if not record.connected:
+            self.expired_messages += dropped
+            return None
+        return Delivery(peer, record.epoch, format_seq(seq), body)
+
+    def _fan_out(self, sender: str, members: set[str], body: bytes, now: float) -> tuple[list[Delivery], bool]:
+        out, queued = [], False
+        for member in sorted(members):
+            if member == sender:
+                continue
+            record = self.peers[member]
+            delivery = self._store(member, record, body, now)
+            if delivery is None:
+                queued = True
+            else:
+                out.append(delivery)
+        return out, queued
+
+    def _leave(self, peer: str, room: str, now: float) -> list[Delivery]:
+        members = self.rooms[room]
+        members.discard(peer)
+        self.peers[peer].rooms.discard(room)
+        if not members:
+            del self.rooms[room]
+            return []
+        deliveries, _ = self._fan_out(peer, members, room_event("peer-left", room, peer), now)
+        return deliveries
+
+    def _remove(self, peer: str, now: float) -> list[Delivery]:
+        record = self.peers[peer]
+        out: list[Delivery] = []
+        for room in sorted(record.rooms):
+            out += self._leave(peer, room, now)
+        if not record.connected:
+            self.expired_messages += sum(1 for e in record.inbox.entries if e.seq > record.delivered)
+        del self.peers[peer]
+        return out
+
+
+def _pair(entry: Entry) -> tuple[str, bytes]:
+    return format_seq(entry.seq), entry.body

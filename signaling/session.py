@@ -1,0 +1,225 @@
+"""One connected peer on this node: WebSocket frames in and out, nothing else.
+
+The read loop feeds frames to the pure `core.Peer` and performs its effects in order
+(so one sender's messages reach the bus in the order sent). Everything the client
+gets goes through one bounded outgoing queue and one writer task.
+
+Slow-consumer policy: a client that lets more than `send_queue` frames pile up is
+closed with 1011; its peer enters the grace and resumes from its inbox, so nothing is
+lost, and the node's memory stays bounded.
+
+How a connection ends decides what happens to the peer: the client's own close frame,
+1008 and 1009 end it for good (it leaves its rooms); every other end (network loss,
+missed heartbeats, 1001 drain, 1011, 4401) keeps it reconnecting for the grace; 4409
+hands it to the newer connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import WSMsgType, web
+
+from . import core
+from . import protocol as p
+from .auth import Identity
+from .bus import BusUnavailable
+from .directory import Attached
+from .inbox import ZERO, parse_seq
+from .protocol import CloseCode
+
+if TYPE_CHECKING:
+    from .app import Node
+
+log = logging.getLogger("signaling.session")
+
+_FINAL_CLOSES = frozenset({CloseCode.POLICY, CloseCode.TOO_BIG})
+_STOP = object()  # tells the writer to finish
+
+
+class Session:
+    def __init__(self, node: Node, ws: web.WebSocketResponse, identity: Identity) -> None:
+        self.node = node
+        self.ws = ws
+        self.peer = identity.peer
+        self.identity = identity
+        s = node.settings
+        self.core = core.Peer(identity.peer, time.monotonic(), grants=identity.rooms, limits=node.limits)
+        self.epoch = 0
+        self.started = False
+        self._pending: list[tuple[str, bytes]] = []  # deliveries that arrived before the welcome went out
+        self._last_seq = ZERO  # highest seq queued to this client: later duplicates are dropped
+        self._written: str | None = None  # last seq actually written to the socket
+        self._out: asyncio.Queue[object] = asyncio.Queue(maxsize=s.send_queue + 16)
+        self._closing: CloseCode | None = None
+        self._client_closed = False
+        self._writer: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._closer: asyncio.Future[None] | None = None  # the close handshake, once started
+
+    # -- Mailbox (called by the bus) -----------------------------------------------
+    def deliver(self, seq: str, body: bytes) -> None:
+        if not self.started:
+            self._pending.append((seq, body))
+            return
+        parsed = parse_seq(seq)
+        if parsed is None or parsed <= self._last_seq:
+            return  # seen already (replay and live delivery overlapped)
+        self._last_seq = parsed
+        if self._out.qsize() >= self.node.settings.send_queue:
+            self.node.metrics.slow_consumers.inc()
+            self.close(CloseCode.INTERNAL, "slow consumer: resume to get the rest")
+            return
+        self._out.put_nowait((p.with_seq(body, seq), seq))
+
+    def replaced(self) -> None:
+        self.close(CloseCode.REPLACED, "replaced by a newer connection")
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def run(self, resume: str | None) -> None:
+        self._writer = asyncio.create_task(self._write_loop())
+        try:
+            attached = await self.node.bus.attach(self.peer, self, resume)
+            self._start(attached)
+            await self._read_loop()
+        except BusUnavailable:
+            log.warning("bus unavailable while attaching %s", self.peer)
+            self.close(CloseCode.INTERNAL, "cluster unavailable; reconnect later")
+        except Exception:
+            log.exception("session of %s failed", self.peer)
+            self.close(CloseCode.INTERNAL, "internal error")
+        finally:
+            await self._finish()
+
+    def _start(self, attached: Attached) -> None:
+        self.epoch = attached.epoch
+        self.core.rooms.update(attached.rooms)
+        s = self.node.settings
+        ice = self.node.ice_servers(self.peer)
+        heartbeat = int(s.heartbeat) if float(s.heartbeat).is_integer() else s.heartbeat
+        self._reply(core.Reply(p.welcome(self.peer, s.node_id, ice, heartbeat, attached.resumed), "welcome"))
+        self.node.metrics.connects.labels(str(attached.resumed).lower()).inc()
+        self.node.metrics.replayed.inc(len(attached.replay))
+        self.started = True
+        for seq, body in attached.replay + self._pending:
+            self.deliver(seq, body)
+        self._pending.clear()
+        if self.identity.expires is not None:
+            delay = max(0.0, self.identity.expires - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(
+                delay, self.close, CloseCode.TOKEN_EXPIRED, "token expired")
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """Close this connection with `code` (idempotent, non-blocking)."""
+        if self._closing is not None:
+            return
+        self._closing = code
+        if not self._out.full():
+            self._out.put_nowait(_STOP)
+        self._closer = asyncio.ensure_future(self._close_socket(code, reason))
+
+    async def _close_socket(self, code: CloseCode, reason: str) -> None:
+        # let the writer flush what is queued (bounded), then say goodbye
+        if self._writer is not None and code is not CloseCode.INTERNAL:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._writer), timeout=2.0)
+            except (asyncio.TimeoutError, Exception):
+                pass
+        await self.ws.close(code=code, message=reason.encode())
+
+    async def _finish(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._closer is not None:
+            await asyncio.gather(self._closer, return_exceptions=True)
+        if self._writer is not None:
+            if not self._writer.done():
+                self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        code = self._closing if self._closing is not None else self.ws.close_code
+        final = self._client_closed or code in _FINAL_CLOSES
+        self.node.metrics.closes.labels(str(self.ws.close_code)).inc()
+        if self.epoch and code is not CloseCode.REPLACED:
+            try:
+                await self.node.bus.detach(self.peer, self.epoch, final=final, delivered=self._written)
+            except BusUnavailable:
+                log.warning("bus unavailable while detaching %s; its grace runs out on its own", self.peer)
+        log.debug("closed %s code=%s final=%s", self.peer, code, final, extra={"peer": self.peer})
+
+    # -- reading ---------------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        ws = self.ws
+        while True:
+            msg = await ws.receive()
+            if msg.type is WSMsgType.TEXT:
+                effects = self.core.receive(msg.data, time.monotonic())
+            elif msg.type is WSMsgType.BINARY:
+                effects = self.core.receive(msg.data, time.monotonic(), binary=True)
+            else:
+                if msg.type is WSMsgType.CLOSE and self._closing is None:
+                    self._client_closed = True  # the client said goodbye first
+                return  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp closed it: 1009 for size)
+            self.node.metrics.message_in(self.core.kind)
+            await self._perform(effects)
+            if self._closing is not None:
+                return
+
+    async def _perform(self, effects: list[core.Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, core.Reply):
+                self._reply(effect)
+            elif isinstance(effect, core.Close):
+                self.close(effect.code, effect.reason)
+            else:
+                await self._bus_work(effect)
+
+    async def _bus_work(self, work: core.BusWork) -> None:
+        bus, s = self.node.bus, self.node.settings
+        try:
+            if isinstance(work, core.Send):
+                result = await bus.send(work.to, work.body)
+            elif isinstance(work, core.Broadcast):
+                result = await bus.broadcast(self.peer, work.room, work.body)
+            elif isinstance(work, core.JoinRoom):
+                result = await bus.join(self.peer, work.room, room_limit=s.room_limit, rooms_per_peer=s.rooms_per_peer)
+            else:
+                result = await bus.leave(self.peer, work.room)
+        except BusUnavailable:
+            replies = self.core.unavailable(work)
+        else:
+            if result.outcome.value == "queued":
+                self.node.metrics.queued.inc()
+            replies = self.core.settle(work, result)
+        for reply in replies:
+            self._reply(reply)  # type: ignore[arg-type]
+
+    # -- writing ---------------------------------------------------------------------
+    def _reply(self, reply: core.Reply) -> None:
+        m = self.node.metrics
+        m.messages_out.labels(reply.kind).inc()
+        if reply.code is not None:
+            m.errors.labels(reply.code).inc()
+        if self._closing is None:
+            try:
+                self._out.put_nowait((reply.frame, None))
+            except asyncio.QueueFull:
+                m.slow_consumers.inc()
+                self.close(CloseCode.INTERNAL, "slow consumer: resume to get the rest")
+
+    async def _write_loop(self) -> None:
+        ws, out, delivered = self.ws, self._out, self.node.metrics.messages_out.labels("relayed")
+        try:
+            while True:
+                item = await out.get()
+                if item is _STOP:
+                    return
+                frame, seq = item  # type: ignore[misc]
+                await ws.send_frame(frame, WSMsgType.TEXT)
+                if seq is not None:
+                    self._written = seq
+                    delivered.inc()
+        except (ConnectionError, RuntimeError):
+            return  # the socket went away; the read loop sees it too
