@@ -40,6 +40,7 @@ class Node:
         self.limits = Limits(settings.rate, settings.burst, settings.abuse_strikes, settings.abuse_window)
         self.sessions: set[Session] = set()  # connections on this node, upgraded or upgrading
         self.tasks: set[asyncio.Task[Any]] = set()  # handler tasks of those connections
+        self.cleanups: set[asyncio.Future[None]] = set()  # session endings still running (detach)
         self.draining = False
         self._static_ice = json.loads(settings.ice_servers)
 
@@ -63,8 +64,11 @@ class Node:
             session.close(CloseCode.DRAINING, "node draining; reconnect")
             if step:
                 await asyncio.sleep(step)
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=15.0)
+        pending = self.tasks | self.cleanups
+        if pending:
+            await asyncio.wait(pending, timeout=15.0)
+        if self.cleanups:
+            await asyncio.wait(set(self.cleanups), timeout=5.0)
 
 
 NODE = web.AppKey("node", Node)

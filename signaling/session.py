@@ -40,6 +40,13 @@ _FINAL_CLOSES = frozenset({CloseCode.POLICY, CloseCode.TOO_BIG})
 _STOP = object()  # tells the writer to finish
 
 
+def _close_code(code: int) -> CloseCode | int:
+    try:
+        return CloseCode(code)
+    except ValueError:
+        return code
+
+
 class Session:
     def __init__(self, node: Node, ws: web.WebSocketResponse, identity: Identity) -> None:
         self.node = node
@@ -92,7 +99,12 @@ class Session:
             log.exception("session of %s failed", self.peer)
             self.close(CloseCode.INTERNAL, "internal error")
         finally:
-            await self._finish()
+            # aiohttp cancels the handler once the client is gone; the peer's detach must
+            # still happen, so it runs in a task of its own that the cancel cannot reach
+            cleanup = asyncio.ensure_future(self._finish())
+            self.node.cleanups.add(cleanup)
+            cleanup.add_done_callback(self.node.cleanups.discard)
+            await asyncio.shield(cleanup)
 
     def _start(self, attached: Attached) -> None:
         self.epoch = attached.epoch
@@ -161,6 +173,8 @@ class Session:
             else:
                 if msg.type is WSMsgType.CLOSE and self._closing is None:
                     self._client_closed = True  # the client said goodbye first
+                elif msg.type is WSMsgType.ERROR and isinstance(getattr(msg.data, "code", None), int):
+                    self._closing = self._closing or _close_code(msg.data.code)  # aiohttp closed it (1009)
                 return  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp closed it: 1009 for size)
             self.node.metrics.message_in(self.core.kind)
             await self._perform(effects)

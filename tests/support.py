@@ -1,0 +1,174 @@
+"""Test helpers: a protocol client, free ports, node processes started and stopped by PID."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-secret-that-is-at-least-32-bytes-long"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Client:
+    """One WebSocket client speaking the protocol, with helpers to await frames."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, http: aiohttp.ClientSession) -> None:
+        self.ws, self.http = ws, http
+        self.welcome: dict[str, Any] = {}
+        self.last_seq: str | None = None
+
+    @classmethod
+    async def connect(cls, base: str, *, welcome: bool = True, headers: dict[str, str] | None = None,
+                      **query: Any) -> Client:
+        http = aiohttp.ClientSession()
+        params = {k: str(v) for k, v in query.items() if v is not None}
+        try:
+            ws = await http.ws_connect(f"{base}/ws", params=params, headers=headers, heartbeat=None,
+                                       autoping=True, max_msg_size=0, ssl=False)
+        except BaseException:
+            await http.close()
+            raise
+        client = cls(ws, http)
+        if welcome:
+            client.welcome = await client.expect("welcome")
+        return client
+
+    @property
+    def peer(self) -> str:
+        return self.welcome["peer"]
+
+    async def send(self, **obj: Any) -> None:
+        await self.ws.send_str(json.dumps(obj))
+
+    async def send_raw(self, text: str) -> None:
+        await self.ws.send_str(text)
+
+    async def recv(self, timeout: float = 3.0) -> dict[str, Any]:
+        msg = await self.ws.receive(timeout=timeout)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            raise AssertionError(f"expected a text frame, got {msg.type} {msg.data!r} (close code {self.ws.close_code})")
+        obj = json.loads(msg.data)
+        if "seq" in obj:
+            self.last_seq = obj["seq"]
+        return obj
+
+    async def expect(self, type: str, timeout: float = 3.0, **fields: Any) -> dict[str, Any]:
+        obj = await self.recv(timeout)
+        assert obj.get("type") == type, f"expected {type!r}, got {obj}"
+        for key, value in fields.items():
+            assert obj.get(key) == value, f"expected {key}={value!r} in {obj}"
+        return obj
+
+    async def silent(self, timeout: float = 0.3) -> None:
+        """Assert nothing arrives within `timeout`."""
+        try:
+            msg = await self.ws.receive(timeout=timeout)
+        except asyncio.TimeoutError:
+            return
+        raise AssertionError(f"expected silence, got {msg.type} {msg.data!r}")
+
+    async def closed(self, timeout: float = 5.0) -> int | None:
+        """Wait for the server to close; return the close code."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = await self.ws.receive(timeout=deadline - time.monotonic())
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                return self.ws.close_code
+        raise AssertionError("the connection was not closed")
+
+    async def drop(self) -> None:
+        """Vanish without a close frame, as on network loss."""
+        transport = self.ws._response.connection.transport if self.ws._response.connection else None  # noqa: SLF001
+        if transport is not None:
+            transport.abort()
+        await self.http.close()
+
+    async def close(self) -> None:
+        if not self.ws.closed:
+            try:
+                await self.ws.close()
+            except (aiohttp.ClientError, ConnectionError):
+                pass  # the server already went away
+        await self.http.close()
+
+
+class NodeProcess:
+    """`python -m signaling serve` as a real process, stopped by PID."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.args = ["--host", "127.0.0.1", "--port", str(self.port), *args]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def base(self) -> str:
+        scheme = "https" if "--tls-cert" in self.args else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def ws_base(self) -> str:
+        return self.base.replace("http", "ws", 1)
+
+    def start(self, log_dir: Path) -> NodeProcess:
+        self.log_path = log_dir / f"node-{self.port}.log"
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "signaling", "serve", *self.args],
+                                     stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
+        return self
+
+    async def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                assert self.proc and self.proc.poll() is None, f"node exited early:\n{self.log()}"
+                try:
+                    async with http.get(f"{self.base}/readyz", ssl=False) as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"node not ready:\n{self.log()}")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+
+async def eventually(predicate: Any, timeout: float = 3.0, interval: float = 0.02) -> None:
+    """Wait until `predicate()` is true (for state that settles just after a close)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
