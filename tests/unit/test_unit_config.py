@@ -1,0 +1,255 @@
+"""signaling.config: flag > env > default, conversion, validation, secrets, reference table."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from signaling.config import (ConfigError, Settings, add_arguments, env_name, load, parse_args, reference_table)
+
+SECRET = "k" * 32
+
+
+def flags(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def checked(**kw) -> Settings:
+    return Settings(**kw).check()
+
+
+def config_error(**kw) -> str:
+    with pytest.raises(ConfigError) as exc:
+        Settings(**kw).check()
+    return str(exc.value)
+
+
+# -- precedence ---------------------------------------------------------------------
+
+def test_defaults_when_nothing_given():
+    s = load(None, {})
+    assert (s.port, s.grace, s.turn_urls, s.jwt_secret) == (8080, 15.0, [], "")
+
+
+def test_env_overrides_default():
+    assert load(None, {"SIGNALING_PORT": "9000"}).port == 9000
+
+
+def test_flag_overrides_env():
+    assert load(flags("--port", "9001"), {"SIGNALING_PORT": "9000"}).port == 9001
+
+
+def test_env_fills_what_flags_leave_out():
+    s = load(flags("--port", "9001"), {"SIGNALING_GRACE": "3.5"})
+    assert (s.port, s.grace) == (9001, 3.5)
+
+
+def test_load_reads_os_environ_by_default(monkeypatch):
+    monkeypatch.setenv("SIGNALING_ROOM_LIMIT", "7")
+    assert load().room_limit == 7
+
+
+def test_parse_args_ignores_the_environment(monkeypatch):
+    monkeypatch.setenv("SIGNALING_PORT", "9000")
+    assert parse_args([]).port == 8080
+    assert parse_args(["--port", "1234"]).port == 1234
+
+
+def test_env_names_are_prefixed_upper_case():
+    assert env_name("jwt_secret") == "SIGNALING_JWT_SECRET"
+
+
+# -- conversion ---------------------------------------------------------------------
+
+def test_list_from_comma_separated_env():
+    s = load(None, {"SIGNALING_TURN_URLS": " turn:a:3478 , turns:b:5349,,", "SIGNALING_TURN_SECRET": "t"})
+    assert s.turn_urls == ["turn:a:3478", "turns:b:5349"]
+
+
+def test_list_from_repeated_flags():
+    s = parse_args(["--turn-urls", "turn:a", "--turn-urls", "turn:b", "--turn-secret", "t"])
+    assert s.turn_urls == ["turn:a", "turn:b"]
+
+
+def test_list_flag_overrides_list_env():
+    s = load(flags("--turn-urls", "turn:f"), {"SIGNALING_TURN_URLS": "turn:e1,turn:e2", "SIGNALING_TURN_SECRET": "t"})
+    assert s.turn_urls == ["turn:f"]
+
+
+def test_float_and_int_conversion():
+    s = load(None, {"SIGNALING_RATE": "2.5", "SIGNALING_BURST": "7", "SIGNALING_HOST": "0.0.0.0"})
+    assert (s.rate, s.burst, s.host) == (2.5, 7, "0.0.0.0")
+
+
+@pytest.mark.parametrize("name,value", [("SIGNALING_PORT", "abc"), ("SIGNALING_PORT", "1.5"),
+                                        ("SIGNALING_RATE", "fast")])
+def test_unconvertible_value_is_config_error(name, value):
+    with pytest.raises(ConfigError):
+        load(None, {name: value})
+
+
+def test_bad_flag_value_is_config_error():
+    with pytest.raises(ConfigError):
+        parse_args(["--burst", "lots"])
+
+
+# -- check() ------------------------------------------------------------------------
+
+def test_check_fills_node_id():
+    assert checked().node_id
+    assert checked(node_id="n1").node_id == "n1"
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"jwt_secret": "short"}, "32 bytes"),
+    ({"jwt_secret": "é" * 15}, "32 bytes"),  # 30 bytes: counted in bytes, not characters
+    ({"jwt_secret": SECRET, "jwt_public_key": "/k.pem"}, "not both"),
+    ({"tls_cert": "/c.pem"}, "--tls-cert and --tls-key"),
+    ({"tls_key": "/k.pem"}, "--tls-cert and --tls-key"),
+    ({"log_format": "xml"}, "--log-format"),
+    ({"log_level": "verbose"}, "--log-level"),
+    ({"ice_servers": "not json"}, "--ice-servers is not JSON"),
+    ({"ice_servers": '{"urls": "stun:x"}'}, "--ice-servers must be"),
+    ({"ice_servers": '[{"url": "stun:x"}]'}, "--ice-servers must be"),
+    ({"ice_servers": '["stun:x"]'}, "--ice-servers must be"),
+    ({"turn_urls": ["turn:x"]}, "--turn-urls needs --turn-secret"),
+    ({"drain_window": -1.0}, "must not be negative"),
+    ({"jwt_leeway": -0.5}, "must not be negative"),
+])
+def test_check_rejects(kw, needle):
+    assert needle in config_error(**kw)
+
+
+@pytest.mark.parametrize("name", ["port", "max_frame_bytes", "burst", "abuse_strikes", "room_limit", "rooms_per_peer",
+                                  "inbox_limit", "send_queue", "max_connections", "turn_ttl", "backlog", "token_ttl",
+                                  "rate", "abuse_window", "grace", "heartbeat"])
+@pytest.mark.parametrize("value", [0, -1])
+def test_check_rejects_non_positive(name, value):
+    assert f"--{name.replace('_', '-')} must be positive" in config_error(**{name: value})
+
+
+def test_check_accepts_valid_settings():
+    s = checked(jwt_secret="é" * 16, ice_servers='[{"urls": ["stun:a", "stun:b"]}]', turn_urls=["turn:t"],
+                turn_secret="t", tls_cert="/c", tls_key="/k", log_level="DEBUG", log_format="json",
+                drain_window=0.0, jwt_leeway=0.0)
+    assert s.auth_enabled and s.tls_enabled
+
+
+def test_turn_urls_accept_secret_file(tmp_path):
+    path = tmp_path / "turn"
+    path.write_text("turn-secret\n")
+    assert checked(turn_urls=["turn:t"], turn_secret_file=str(path)).turn_secret == "turn-secret"
+
+
+def test_auth_and_tls_off_by_default():
+    s = checked()
+    assert not s.auth_enabled and not s.tls_enabled
+
+
+@pytest.mark.xfail(reason="BUG: Settings.check() uses `<= 0`, which NaN passes, so --grace nan (and rate, "
+                          "heartbeat, abuse-window, drain-window, jwt-leeway) is accepted", strict=True)
+@pytest.mark.parametrize("name", ["grace", "rate", "heartbeat", "abuse_window", "drain_window", "jwt_leeway"])
+def test_check_rejects_nan(name):
+    with pytest.raises(ConfigError):
+        load(None, {env_name(name): "nan"})
+
+
+@pytest.mark.xfail(reason="BUG: port 0 (any free port) is refused, although parse_args' docstring shows "
+                          "parse_args(['--port', '0']) as the example", strict=True, raises=ConfigError)
+def test_port_zero_is_accepted():
+    assert parse_args(["--port", "0"]).port == 0
+
+
+# -- *_file secrets ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["jwt_secret", "turn_secret"])
+def test_secret_file_is_read_and_stripped(tmp_path, name):
+    path = tmp_path / "secret"
+    path.write_text(f"  {SECRET}\n")
+    assert getattr(checked(**{f"{name}_file": str(path)}), name) == SECRET
+
+
+def test_secret_file_via_env(tmp_path):
+    path = tmp_path / "secret"
+    path.write_text(SECRET)
+    s = load(None, {"SIGNALING_JWT_SECRET_FILE": str(path)})
+    assert s.jwt_secret == SECRET and s.auth_enabled
+
+
+@pytest.mark.parametrize("name", ["jwt_secret", "turn_secret"])
+def test_secret_and_secret_file_together_is_error(tmp_path, name):
+    path = tmp_path / "secret"
+    path.write_text(SECRET)
+    assert "not both" in config_error(**{name: SECRET, f"{name}_file": str(path)})
+
+
+@pytest.mark.parametrize("name", ["jwt_secret", "turn_secret"])
+def test_missing_secret_file_is_error(tmp_path, name):
+    msg = config_error(**{f"{name}_file": str(tmp_path / "nope")})
+    assert f"--{name.replace('_', '-')}-file" in msg
+
+
+@pytest.mark.parametrize("name", ["jwt_secret", "turn_secret"])
+def test_empty_secret_file_is_error(tmp_path, name):
+    path = tmp_path / "secret"
+    path.write_text(" \n")
+    assert "is empty" in config_error(**{f"{name}_file": str(path)})
+
+
+def test_short_secret_from_file_is_error(tmp_path):
+    path = tmp_path / "secret"
+    path.write_text("short")
+    assert "32 bytes" in config_error(jwt_secret_file=str(path))
+
+
+def test_secret_file_with_public_key_is_error(tmp_path):
+    path = tmp_path / "secret"
+    path.write_text(SECRET)
+    assert "not both" in config_error(jwt_secret_file=str(path), jwt_public_key="/k.pem")
+
+
+# -- redacted / reference -------------------------------------------------------------
+
+def test_redacted_masks_secrets():
+    out = checked(jwt_secret=SECRET, turn_secret="turn-pass").redacted()
+    assert out["jwt_secret"] == "***" and out["turn_secret"] == "***"
+    assert SECRET not in repr(out) and "turn-pass" not in repr(out)
+
+
+def test_redacted_masks_secret_read_from_file(tmp_path):
+    path = tmp_path / "secret"
+    path.write_text(SECRET)
+    out = checked(jwt_secret_file=str(path)).redacted()
+    assert out["jwt_secret"] == "***" and out["jwt_secret_file"] == str(path)
+
+
+def test_redacted_keeps_empty_secrets_and_other_values():
+    out = checked(port=1234).redacted()
+    assert out["jwt_secret"] == "" and out["port"] == 1234
+    assert set(out) == {f.name for f in dataclasses.fields(Settings)}
+
+
+def test_reference_table_has_a_row_per_setting():
+    table = reference_table()
+    rows = table.strip().splitlines()
+    fields = dataclasses.fields(Settings)
+    assert len(rows) == len(fields) + 2
+    for f in fields:
+        flag = f"`--{f.name.replace('_', '-')}`"
+        assert any(row.startswith(f"| {flag} | `{env_name(f.name)}` |") for row in rows), f.name
+
+
+def test_every_setting_has_a_flag_and_help():
+    ns = flags()
+    for f in dataclasses.fields(Settings):
+        assert hasattr(ns, f.name) and getattr(ns, f.name) is None
+        assert f.metadata["help"]
+
+
+def test_replace_returns_changed_copy():
+    s = checked()
+    assert s.replace(port=1).port == 1 and s.port == 8080

@@ -1,0 +1,120 @@
+"""signaling.inbox: seq strings and the bounded per-peer inbox."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from signaling.inbox import ZERO, Inbox, format_seq, parse_seq
+
+
+# -- seq strings ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("seq", [(0, 0), (1700000000000, 3), (1, 2**40), (10**20, 0)])
+def test_format_then_parse_round_trips(seq):
+    assert parse_seq(format_seq(seq)) == seq
+
+
+def test_parse_seq_reads_stream_id():
+    assert parse_seq("1700000000000-3") == (1700000000000, 3)
+
+
+@pytest.mark.parametrize("junk", [None, "", "-", "1", "1-", "-1", "a-1", "1-b", "1-2-3", "+1-2", "1--2",
+                                  " 1-2", "1-2 ", "1.0-2", "١-٢", "²-1", "1-" + "9" * 40, "0x1-2"])
+def test_parse_seq_rejects_junk(junk):
+    assert parse_seq(junk) is None
+
+
+@given(st.integers(0, 10**18), st.integers(0, 10**18))
+def test_parse_seq_inverts_format_seq(ms, n):
+    assert parse_seq(format_seq((ms, n))) == (ms, n)
+
+
+@given(st.text(max_size=50))
+def test_parse_seq_of_any_text_is_none_or_a_pair_of_naturals(text):
+    out = parse_seq(text)
+    assert out is None or (isinstance(out, tuple) and out[0] >= 0 and out[1] >= 0)
+
+
+# -- ordering ------------------------------------------------------------------------
+
+def test_appends_in_one_millisecond_count_up():
+    box = Inbox(limit=10, max_age=60)
+    seqs = [box.append(b"{}", 5.0)[0] for _ in range(3)]
+    assert seqs == [(5000, 0), (5000, 1), (5000, 2)]
+
+
+def test_seq_stays_increasing_when_clock_goes_backwards():
+    box = Inbox(limit=10, max_age=60)
+    a, _ = box.append(b"{}", 10.0)
+    b, _ = box.append(b"{}", 9.0)
+    c, _ = box.append(b"{}", 11.0)
+    assert a < b < c
+    assert box.last == c
+
+
+@settings(max_examples=200)
+@given(st.lists(st.floats(0, 1e6, allow_nan=False), min_size=1, max_size=50))
+def test_seqs_strictly_increase_for_any_clock(clock):
+    box = Inbox(limit=1000, max_age=1e9)
+    seqs = [box.append(b"{}", now)[0] for now in clock]
+    assert all(x < y for x, y in zip(seqs, seqs[1:]))
+    assert [parse_seq(format_seq(s)) for s in seqs] == seqs
+
+
+# -- bounds --------------------------------------------------------------------------
+
+def test_count_bound_drops_oldest_and_sets_trimmed():
+    box = Inbox(limit=2, max_age=60)
+    s1, _ = box.append(b"1", 0)
+    box.append(b"2", 0)
+    _, dropped = box.append(b"3", 0)
+    assert dropped == 1
+    assert box.trimmed == s1
+    assert [e.body for e in box.entries] == [b"2", b"3"]
+
+
+def test_age_bound_drops_old_entries_and_sets_trimmed():
+    box = Inbox(limit=10, max_age=5)
+    s1, _ = box.append(b"1", 0)
+    s2, _ = box.append(b"2", 1)
+    _, dropped = box.append(b"3", 5.5)
+    assert dropped == 1 and box.trimmed == s1
+    assert box.trim(7) == 1 and box.trimmed == s2
+    assert [e.body for e in box.entries] == [b"3"]
+
+
+def test_entry_exactly_max_age_old_is_kept():
+    box = Inbox(limit=10, max_age=5)
+    box.append(b"1", 0)
+    assert box.trim(5) == 0
+
+
+def test_fresh_inbox_trims_nothing():
+    box = Inbox(limit=1, max_age=1)
+    assert box.trim(100) == 0 and box.trimmed == ZERO
+
+
+# -- covers / after -------------------------------------------------------------------
+
+def test_after_returns_entries_strictly_after_seq():
+    box = Inbox(limit=10, max_age=60)
+    s = [box.append(str(i).encode(), 1)[0] for i in range(4)]
+    assert [e.seq for e in box.after(s[1])] == s[2:]
+    assert [e.seq for e in box.after(ZERO)] == s
+    assert box.after(s[-1]) == []
+
+
+def test_covers_between_trimmed_and_last():
+    box = Inbox(limit=2, max_age=60)
+    s = [box.append(b"x", 1)[0] for _ in range(4)]  # s0, s1 trimmed
+    assert box.trimmed == s[1]
+    assert not box.covers(s[0])
+    assert box.covers(s[1]) and box.covers(s[2]) and box.covers(s[3])
+    assert not box.covers((s[3][0], s[3][1] + 1))
+
+
+def test_empty_inbox_covers_only_zero():
+    box = Inbox(limit=2, max_age=60)
+    assert box.covers(ZERO)
+    assert not box.covers((1, 0))
