@@ -27,7 +27,7 @@ unit: install
 
 ## docs: regenerate the README's configuration reference from signaling/config.py
 docs: install
-	$(BIN)/python -m signaling.docs
+	$(BIN)/signaling config-reference --readme README.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

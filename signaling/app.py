@@ -149,6 +149,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     node = request.app[NODE]
     node.metrics.ready.set(1 if node.ready else 0)
+    node.metrics.expired.set(node.bus.expired_messages())
     return web.Response(body=node.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 

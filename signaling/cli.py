@@ -27,14 +27,21 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=float, default=None, help="lifetime in seconds (default: --token-ttl)")
     config.add_arguments(token)
 
-    sub.add_parser("config-reference", help="print the configuration reference (markdown)")
+    ref = sub.add_parser("config-reference", help="print the configuration reference (markdown)")
+    ref.add_argument("--readme", metavar="PATH", help="rewrite the reference section of this README instead")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "config-reference":
-        sys.stdout.write(config.reference_table())
+        if args.readme:
+            with open(args.readme, encoding="utf-8") as fh:
+                text = config.readme_with_reference(fh.read())
+            with open(args.readme, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        else:
+            sys.stdout.write(config.reference_table())
         return 0
     try:
         settings = config.load(args)

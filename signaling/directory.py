@@ -86,12 +86,11 @@ class Directory:
         self._epoch += 1
         record = self.peers.get(peer)
         if record is None:
-            record = PeerRecord(self._epoch, node, Inbox(self.inbox_limit, self.grace))
+            record = PeerRecord(self._epoch, node, Inbox(self.inbox_limit))
             record.delivered = record.inbox.last
             self.peers[peer] = record
             return Attached(self._epoch, None, False, [], frozenset())
         replaced = record.epoch if record.connected else None
-        record.inbox.trim(now)
         after = parse_seq(resume) if resume is not None else None
         if after is not None:
             resumed = record.inbox.covers(after)
@@ -183,7 +182,8 @@ class Directory:
     def _store(self, peer: str, record: PeerRecord, body: bytes, now: float) -> Delivery | None:
         seq, dropped = record.inbox.append(body, now)
         if not record.connected:
-            self.expired_messages += dropped
+            if dropped is not None and dropped.seq > record.delivered:
+                self.expired_messages += 1  # never reached the peer, and now never will
             return None
         return Delivery(peer, record.epoch, format_seq(seq), body)
 

@@ -31,20 +31,21 @@ def format_seq(seq: Seq) -> str:
 @dataclass(slots=True)
 class Entry:
     seq: Seq
-    at: float  # when it was appended (seconds, the directory's clock)
     body: bytes
 
 
 @dataclass
 class Inbox:
-    """Bounded by count (`limit`) and age (`max_age` seconds); `trimmed` marks the gap.
+    """The last `limit` deliveries; `trimmed` marks the gap the bound has made.
 
-    A resume from `seq` S can be served exactly when nothing after S was trimmed:
-    `trimmed <= S <= last`.
+    There is no age bound: the whole inbox goes when its peer's grace runs out, so a
+    peer that resumes within its grace finds every message acked while it was away or
+    still in flight to its dead connection (the Redis bus has the same shape: a capped
+    stream whose key expires with the grace). A resume from `seq` S can be served
+    exactly when nothing after S was trimmed: `trimmed <= S <= last`.
     """
 
     limit: int
-    max_age: float
     entries: deque[Entry] = field(default_factory=deque)
     last: Seq = ZERO  # highest seq ever appended
     trimmed: Seq = ZERO  # highest seq dropped by a bound
@@ -53,20 +54,16 @@ class Inbox:
         ms = int(now * 1000)
         return (ms, 0) if ms > self.last[0] else (self.last[0], self.last[1] + 1)
 
-    def append(self, body: bytes, now: float) -> tuple[Seq, int]:
-        """Store a delivery; return its seq and how many older entries it pushed out."""
+    def append(self, body: bytes, now: float) -> tuple[Seq, Entry | None]:
+        """Store a delivery; return its seq and the oldest entry, if the bound pushed it out."""
         seq = self.next_seq(now)
         self.last = seq
-        self.entries.append(Entry(seq, now, body))
-        dropped = self.trim(now)
-        return seq, dropped
-
-    def trim(self, now: float) -> int:
-        dropped = 0
-        while self.entries and (len(self.entries) > self.limit or now - self.entries[0].at > self.max_age):
-            self.trimmed = self.entries.popleft().seq
-            dropped += 1
-        return dropped
+        self.entries.append(Entry(seq, body))
+        if len(self.entries) > self.limit:
+            dropped = self.entries.popleft()
+            self.trimmed = dropped.seq
+            return seq, dropped
+        return seq, None
 
     def covers(self, after: Seq) -> bool:
         return self.trimmed <= after <= self.last

@@ -50,6 +50,10 @@ class Bus(abc.ABC):
     def ready(self) -> bool:
         """True while the bus can route (its backend is connected)."""
 
+    def expired_messages(self) -> int:
+        """Messages dropped before a reconnecting peer got them (grace ran out, or the bound)."""
+        return 0
+
     async def start(self) -> None:
         """Connect; called once before the node accepts connections."""
 

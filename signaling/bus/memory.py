@@ -23,6 +23,9 @@ class MemoryBus(Bus):
     def ready(self) -> bool:
         return True
 
+    def expired_messages(self) -> int:
+        return self.directory.expired_messages
+
     async def close(self) -> None:
         for timer in self._timers:
             timer.cancel()

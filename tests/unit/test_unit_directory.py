@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import orjson
 from hypothesis import given, settings, strategies as st
-import pytest
 
 from signaling.directory import Directory, Outcome
 from signaling.inbox import parse_seq
@@ -498,8 +497,6 @@ def test_expired_messages_ignores_final_detach_and_resumed_peers():
     assert d.expired_messages == 0
 
 
-@pytest.mark.xfail(reason="BUG: Directory._store adds every entry the count bound pushes out to "
-                          "expired_messages, even entries the peer already received", strict=True, raises=AssertionError)
 def test_expired_messages_does_not_count_already_delivered_entries():
     d = make(grace=10, limit=2)
     a = d.attach("bob", "n", 0)
@@ -511,9 +508,6 @@ def test_expired_messages_does_not_count_already_delivered_entries():
     assert d.expired_messages == 1  # only msg 3 was lost
 
 
-@pytest.mark.xfail(reason="BUG: the inbox age bound (max_age = grace) runs from when a message was "
-                          "stored, not from when the peer dropped, so a peer resuming within its grace "
-                          "loses messages acked while it was still connected", strict=True, raises=AssertionError)
 def test_resume_within_grace_keeps_messages_acked_before_the_drop():
     d = make(grace=15)
     a = d.attach("bob", "n", 0)

@@ -39,13 +39,13 @@ def test_parse_seq_of_any_text_is_none_or_a_pair_of_naturals(text):
 # -- ordering ------------------------------------------------------------------------
 
 def test_appends_in_one_millisecond_count_up():
-    box = Inbox(limit=10, max_age=60)
+    box = Inbox(limit=10)
     seqs = [box.append(b"{}", 5.0)[0] for _ in range(3)]
     assert seqs == [(5000, 0), (5000, 1), (5000, 2)]
 
 
 def test_seq_stays_increasing_when_clock_goes_backwards():
-    box = Inbox(limit=10, max_age=60)
+    box = Inbox(limit=10)
     a, _ = box.append(b"{}", 10.0)
     b, _ = box.append(b"{}", 9.0)
     c, _ = box.append(b"{}", 11.0)
@@ -56,49 +56,41 @@ def test_seq_stays_increasing_when_clock_goes_backwards():
 @settings(max_examples=200)
 @given(st.lists(st.floats(0, 1e6, allow_nan=False), min_size=1, max_size=50))
 def test_seqs_strictly_increase_for_any_clock(clock):
-    box = Inbox(limit=1000, max_age=1e9)
+    box = Inbox(limit=1000)
     seqs = [box.append(b"{}", now)[0] for now in clock]
     assert all(x < y for x, y in zip(seqs, seqs[1:]))
     assert [parse_seq(format_seq(s)) for s in seqs] == seqs
 
 
-# -- bounds --------------------------------------------------------------------------
+# -- the count bound ----------------------------------------------------------------
 
-def test_count_bound_drops_oldest_and_sets_trimmed():
-    box = Inbox(limit=2, max_age=60)
+def test_append_within_the_bound_drops_nothing():
+    box = Inbox(limit=2)
+    assert box.append(b"1", 0)[1] is None and box.append(b"2", 0)[1] is None
+    assert box.trimmed == ZERO
+
+
+def test_count_bound_returns_the_dropped_oldest_entry_and_sets_trimmed():
+    box = Inbox(limit=2)
     s1, _ = box.append(b"1", 0)
     box.append(b"2", 0)
     _, dropped = box.append(b"3", 0)
-    assert dropped == 1
+    assert (dropped.seq, dropped.body) == (s1, b"1")
     assert box.trimmed == s1
     assert [e.body for e in box.entries] == [b"2", b"3"]
 
 
-def test_age_bound_drops_old_entries_and_sets_trimmed():
-    box = Inbox(limit=10, max_age=5)
-    s1, _ = box.append(b"1", 0)
-    s2, _ = box.append(b"2", 1)
-    _, dropped = box.append(b"3", 5.5)
-    assert dropped == 1 and box.trimmed == s1
-    assert box.trim(7) == 1 and box.trimmed == s2
-    assert [e.body for e in box.entries] == [b"3"]
-
-
-def test_entry_exactly_max_age_old_is_kept():
-    box = Inbox(limit=10, max_age=5)
+def test_old_entries_stay_however_much_time_passes():
+    box = Inbox(limit=10)
     box.append(b"1", 0)
-    assert box.trim(5) == 0
-
-
-def test_fresh_inbox_trims_nothing():
-    box = Inbox(limit=1, max_age=1)
-    assert box.trim(100) == 0 and box.trimmed == ZERO
+    _, dropped = box.append(b"2", 1e6)
+    assert dropped is None and [e.body for e in box.entries] == [b"1", b"2"]
 
 
 # -- covers / after -------------------------------------------------------------------
 
 def test_after_returns_entries_strictly_after_seq():
-    box = Inbox(limit=10, max_age=60)
+    box = Inbox(limit=10)
     s = [box.append(str(i).encode(), 1)[0] for i in range(4)]
     assert [e.seq for e in box.after(s[1])] == s[2:]
     assert [e.seq for e in box.after(ZERO)] == s
@@ -106,7 +98,7 @@ def test_after_returns_entries_strictly_after_seq():
 
 
 def test_covers_between_trimmed_and_last():
-    box = Inbox(limit=2, max_age=60)
+    box = Inbox(limit=2)
     s = [box.append(b"x", 1)[0] for _ in range(4)]  # s0, s1 trimmed
     assert box.trimmed == s[1]
     assert not box.covers(s[0])
@@ -115,6 +107,6 @@ def test_covers_between_trimmed_and_last():
 
 
 def test_empty_inbox_covers_only_zero():
-    box = Inbox(limit=2, max_age=60)
+    box = Inbox(limit=2)
     assert box.covers(ZERO)
     assert not box.covers((1, 0))

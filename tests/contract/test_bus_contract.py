@@ -1,0 +1,189 @@
+"""The `Bus` contract (signaling/bus/base.py), one suite for every implementation.
+
+Add an implementation to `BUSES` and the whole suite runs over it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import AsyncIterator, Callable
+
+import pytest
+
+from signaling.bus import Bus
+from signaling.bus.memory import MemoryBus
+from signaling.directory import Outcome
+from signaling.inbox import parse_seq
+
+GRACE = 0.3
+
+
+class Box:
+    """A Mailbox that records what it gets."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, dict]] = []
+        self.was_replaced = False
+        self.arrived = asyncio.Event()
+
+    def deliver(self, seq: str, body: bytes) -> None:
+        self.got.append((seq, json.loads(body)))
+        self.arrived.set()
+
+    def replaced(self) -> None:
+        self.was_replaced = True
+
+    async def wait(self, n: int, timeout: float = 2.0) -> list[dict]:
+        async def enough() -> None:
+            while len(self.got) < n:
+                self.arrived.clear()
+                await self.arrived.wait()
+        await asyncio.wait_for(enough(), timeout)
+        return [body for _, body in self.got]
+
+
+def memory_bus(node_id: str) -> Bus:
+    return MemoryBus(node_id=node_id, grace=GRACE, inbox_limit=4)
+
+
+BUSES: dict[str, Callable[[str], Bus]] = {"memory": memory_bus}
+
+
+@pytest.fixture(params=sorted(BUSES))
+async def bus(request) -> AsyncIterator[Bus]:
+    b = BUSES[request.param]("node-1")
+    await b.start()
+    yield b
+    await b.close()
+
+
+def msg(n: int) -> bytes:
+    return json.dumps({"type": "message", "data": n}).encode()
+
+
+async def test_send_to_a_connected_peer_is_delivered_in_order(bus):
+    box = Box()
+    await bus.attach("bob", box)
+    for n in range(5):
+        assert (await bus.send("bob", msg(n))).outcome is Outcome.DELIVERED
+    assert [m["data"] for m in await box.wait(5)] == [0, 1, 2, 3, 4]
+    seqs = [parse_seq(s) for s, _ in box.got]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+
+
+async def test_send_to_nobody_stores_nothing(bus):
+    assert (await bus.send("ghost", msg(1))).outcome is Outcome.NO_PEER
+    box = Box()
+    attached = await bus.attach("ghost", box)
+    assert attached.replay == [] and not attached.resumed
+
+
+async def test_later_attach_wins_and_the_earlier_mailbox_hears_nothing_more(bus):
+    first, second = Box(), Box()
+    a1 = await bus.attach("bob", first)
+    a2 = await bus.attach("bob", second)
+    assert first.was_replaced and a2.epoch > a1.epoch and a2.replaced == a1.epoch
+    await bus.send("bob", msg(1))
+    await second.wait(1)
+    assert first.got == []
+    await bus.detach("bob", a1.epoch, final=True)  # stale: ignored
+    assert (await bus.send("bob", msg(2))).outcome is Outcome.DELIVERED
+
+
+async def test_reconnecting_peer_queues_then_resumes_exactly_once(bus):
+    box = Box()
+    a = await bus.attach("bob", box)
+    await bus.send("bob", msg(0))
+    await box.wait(1)
+    last = box.got[-1][0]
+    await bus.detach("bob", a.epoch, final=False, delivered=last)
+    for n in (1, 2):
+        assert (await bus.send("bob", msg(n))).outcome is Outcome.QUEUED
+    again = Box()
+    b = await bus.attach("bob", again, resume=last)
+    assert b.resumed and [json.loads(body)["data"] for _, body in b.replay] == [1, 2]
+
+
+async def test_reconnect_without_resume_starts_after_what_was_delivered(bus):
+    box = Box()
+    a = await bus.attach("bob", box)
+    await bus.send("bob", msg(0))
+    await box.wait(1)
+    await bus.detach("bob", a.epoch, final=False, delivered=box.got[-1][0])
+    await bus.send("bob", msg(1))
+    b = await bus.attach("bob", Box())
+    assert not b.resumed and [json.loads(body)["data"] for _, body in b.replay] == [1]
+
+
+async def test_inbox_bound_makes_resume_fail(bus):
+    a = await bus.attach("bob", Box())
+    await bus.detach("bob", a.epoch, final=False)
+    for n in range(6):  # the bound is 4
+        await bus.send("bob", msg(n))
+    b = await bus.attach("bob", Box(), resume="1-0")
+    assert not b.resumed
+    assert [json.loads(body)["data"] for _, body in b.replay] == [2, 3, 4, 5]
+
+
+async def test_rooms_join_leave_broadcast_and_events(bus):
+    boxes = {p: Box() for p in "abc"}
+    for p, box in boxes.items():
+        await bus.attach(p, box)
+    assert (await bus.join("a", "r", room_limit=2, rooms_per_peer=5)).peers == []
+    assert (await bus.join("b", "r", room_limit=2, rooms_per_peer=5)).peers == ["a"]
+    assert (await bus.join("c", "r", room_limit=2, rooms_per_peer=5)).outcome is Outcome.ROOM_FULL
+    assert (await boxes["a"].wait(1))[0] == {"type": "peer-joined", "room": "r", "peer": "b"}
+    assert (await bus.broadcast("c", "r", msg(0))).outcome is Outcome.NOT_IN_ROOM
+    assert (await bus.broadcast("a", "r", msg(7))).outcome is Outcome.DELIVERED
+    assert (await boxes["b"].wait(1))[0]["data"] == 7
+    assert (await bus.leave("b", "r")).outcome is Outcome.OK
+    assert (await boxes["a"].wait(2))[1] == {"type": "peer-left", "room": "r", "peer": "b"}
+    assert (await bus.leave("b", "r")).outcome is Outcome.NOT_IN_ROOM
+
+
+async def test_rooms_per_peer_limit(bus):
+    await bus.attach("a", Box())
+    assert (await bus.join("a", "r1", room_limit=9, rooms_per_peer=1)).outcome is Outcome.OK
+    assert (await bus.join("a", "r2", room_limit=9, rooms_per_peer=1)).outcome is Outcome.TOO_MANY_ROOMS
+
+
+async def test_grace_keeps_rooms_then_expiry_sends_peer_left(bus):
+    a_box = Box()
+    await bus.attach("a", a_box)
+    b = await bus.attach("b", Box())
+    await bus.join("a", "r", room_limit=9, rooms_per_peer=9)
+    await bus.join("b", "r", room_limit=9, rooms_per_peer=9)
+    await a_box.wait(1)
+    await bus.detach("b", b.epoch, final=False)
+    assert (await bus.broadcast("a", "r", msg(1))).outcome is Outcome.QUEUED
+    await asyncio.sleep(GRACE + 0.3)
+    got = await a_box.wait(2)
+    assert got[1] == {"type": "peer-left", "room": "r", "peer": "b"}
+    assert (await bus.send("b", msg(2))).outcome is Outcome.NO_PEER
+
+
+async def test_reattach_within_grace_keeps_rooms_silently(bus):
+    a_box = Box()
+    await bus.attach("a", a_box)
+    b = await bus.attach("b", Box())
+    await bus.join("a", "r", room_limit=9, rooms_per_peer=9)
+    await bus.join("b", "r", room_limit=9, rooms_per_peer=9)
+    await a_box.wait(1)
+    await bus.detach("b", b.epoch, final=False)
+    again = await bus.attach("b", Box())
+    assert again.rooms == frozenset({"r"})
+    await asyncio.sleep(GRACE + 0.2)
+    assert len(a_box.got) == 1  # no peer-left, no second peer-joined
+
+
+async def test_final_detach_leaves_rooms_at_once(bus):
+    a_box = Box()
+    await bus.attach("a", a_box)
+    b = await bus.attach("b", Box())
+    await bus.join("a", "r", room_limit=9, rooms_per_peer=9)
+    await bus.join("b", "r", room_limit=9, rooms_per_peer=9)
+    await bus.detach("b", b.epoch, final=True)
+    got = await a_box.wait(2)
+    assert got[1] == {"type": "peer-left", "room": "r", "peer": "b"}
+    assert (await bus.send("b", msg(1))).outcome is Outcome.NO_PEER
