@@ -32,11 +32,11 @@ STATIC = Path(__file__).parent / "static"
 class Node:
     """What every connection on this node shares."""
 
-    def __init__(self, settings: Settings, bus: buses.Bus) -> None:
+    def __init__(self, settings: Settings, bus: buses.Bus, metrics: Metrics) -> None:
         self.settings = settings
         self.bus = bus
         self.verifier = Verifier(settings)
-        self.metrics = Metrics()
+        self.metrics = metrics
         self.limits = Limits(settings.rate, settings.burst, settings.abuse_strikes, settings.abuse_window)
         self.sessions: set[Session] = set()  # connections on this node, upgraded or upgrading
         self.tasks: set[asyncio.Task[Any]] = set()  # handler tasks of those connections
@@ -159,10 +159,10 @@ async def index(request: web.Request) -> web.FileResponse:
 
 def create_app(settings: Settings, bus: buses.Bus | None = None) -> web.Application:
     """The node's application. Without `bus`, one is made from `settings.redis_url`."""
+    metrics = Metrics()
     if bus is None:
-        bus = buses.from_url(settings.redis_url, node_id=settings.node_id, grace=settings.grace,
-                             inbox_limit=settings.inbox_limit)
-    node = Node(settings, bus)
+        bus = buses.from_settings(settings, metrics)
+    node = Node(settings, bus, metrics)
     app = web.Application(middlewares=[json_errors])
     app[NODE] = node
 

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import socket
 import uuid
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class Settings:
     # -- cluster ---------------------------------------------------------------------
     redis_url: str = _opt("", "Bus to join: empty or memory:// for the embedded single-node bus; redis://... for a cluster.", metavar="URL")
     key_prefix: str = _opt("signaling", "Prefix of every Redis key and channel, so several clusters can share one Redis.")
+    node_ttl: float = _opt(3.0, "A node whose heartbeat is older than this many seconds is dead: its peers enter their grace.")
     # -- auth ------------------------------------------------------------------------
     jwt_secret: str = _opt("", "HS256 shared secret; turns on JWT auth. Prefer the _FILE form or the environment.", secret=True)
     jwt_secret_file: str = _opt("", "File holding the HS256 secret.", metavar="PATH")
@@ -139,13 +141,15 @@ class Settings:
             raise ConfigError("--port must be 0-65535 (0: any free port)")
         for name in ("max_frame_bytes", "burst", "abuse_strikes", "room_limit", "rooms_per_peer",
                      "inbox_limit", "send_queue", "max_connections", "turn_ttl", "backlog", "token_ttl",
-                     "rate", "abuse_window", "grace", "heartbeat"):
+                     "rate", "abuse_window", "grace", "heartbeat", "node_ttl"):
             if not getattr(self, name) > 0:  # written so that NaN fails too
                 raise ConfigError(f"--{_flag(name)} must be positive")
         for name in ("drain_window", "jwt_leeway"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"--{_flag(name)} must be zero or more")
-        for name in ("rate", "abuse_window", "grace", "heartbeat"):
+        if not re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", self.key_prefix):
+            raise ConfigError("--key-prefix must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+        for name in ("rate", "abuse_window", "grace", "heartbeat", "node_ttl"):
             if getattr(self, name) == float("inf"):
                 raise ConfigError(f"--{_flag(name)} must be finite")
         return dataclasses.replace(self, **changes)

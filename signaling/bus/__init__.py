@@ -1,16 +1,27 @@
-"""Buses, chosen by URL: empty or `memory://` (one node, the default), `redis://` (a cluster)."""
+"""Buses, chosen by URL: empty or `memory://` (one node, the default), `redis://` / `rediss://` (a cluster)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .base import Bus, BusUnavailable, Mailbox
 
-__all__ = ["Bus", "BusUnavailable", "Mailbox", "from_url"]
+if TYPE_CHECKING:
+    from ..config import Settings
+
+__all__ = ["Bus", "BusUnavailable", "Mailbox", "from_settings"]
 
 
-def from_url(url: str, *, node_id: str, grace: float, inbox_limit: int) -> Bus:
+def from_settings(settings: Settings, metrics: Any = None) -> Bus:
+    url = settings.redis_url
     scheme = url.partition("://")[0] if url else "memory"
     if scheme == "memory":
-        from .memory import MemoryBus
+        from .memory import MemoryBus  # never imports redis
 
-        return MemoryBus(node_id=node_id, grace=grace, inbox_limit=inbox_limit)
-    raise ValueError(f"unsupported bus URL scheme {scheme!r}: use memory:// (the Redis bus is not built yet)")
+        return MemoryBus(node_id=settings.node_id, grace=settings.grace, inbox_limit=settings.inbox_limit)
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis import RedisBus
+
+        return RedisBus(url, node_id=settings.node_id, grace=settings.grace, inbox_limit=settings.inbox_limit,
+                        prefix=settings.key_prefix, node_ttl=settings.node_ttl, metrics=metrics)
+    raise ValueError(f"unsupported bus URL scheme {scheme!r}: use memory://, redis:// or rediss://")

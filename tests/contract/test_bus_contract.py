@@ -43,17 +43,26 @@ class Box:
         return [body for _, body in self.got]
 
 
-def memory_bus(node_id: str) -> Bus:
-    return MemoryBus(node_id=node_id, grace=GRACE, inbox_limit=4)
+def memory_bus(request: pytest.FixtureRequest) -> Bus:
+    return MemoryBus(node_id="node-1", grace=GRACE, inbox_limit=4)
 
 
-BUSES: dict[str, Callable[[str], Bus]] = {"memory": memory_bus}
+def redis_bus(request: pytest.FixtureRequest) -> Bus:
+    from signaling.bus.redis import RedisBus
+
+    server = request.getfixturevalue("redis_server")  # a real redis-server
+    return RedisBus(server.url, node_id="node-1", grace=GRACE, inbox_limit=4,
+                    prefix=request.getfixturevalue("key_prefix"))
+
+
+BUSES: dict[str, Callable[[pytest.FixtureRequest], Bus]] = {"memory": memory_bus, "redis": redis_bus}
 
 
 @pytest.fixture(params=sorted(BUSES))
 async def bus(request) -> AsyncIterator[Bus]:
-    b = BUSES[request.param]("node-1")
+    b = BUSES[request.param](request)
     await b.start()
+    assert b.ready
     yield b
     await b.close()
 

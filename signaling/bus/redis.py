@@ -1,0 +1,421 @@
+"""The Redis bus: nodes reach each other's peers through Redis pub/sub, one channel per peer.
+
+A delivery is one script in the recipient's hash slot: append to its inbox stream
+(the seq is the stream id) and publish a msgpack envelope on its channel, in one round
+trip. Only the node holding the recipient is subscribed to that channel, so a message
+costs work on two nodes whatever the size of the cluster. Inboxes, ownership, rooms
+and grace deadlines all live in Redis: a node can die at any moment and the others
+take over its peers' grace (see `_sweep`).
+
+One pub/sub connection per node, one reader task. When the connection drops, the
+reader reconnects with back-off, subscribes every channel again and fills the gap
+from each local peer's inbox, so a live session misses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .. import envelope
+from ..directory import Attached, Outcome, Result
+from ..protocol import room_event
+from . import redis_scripts as lua
+from .base import Bus, BusUnavailable, Mailbox
+
+log = logging.getLogger("signaling.bus.redis")
+PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+@dataclass(eq=False)
+class _Local:
+    """One connection of a peer on this node, as the bus tracks it."""
+
+    mailbox: Mailbox
+    epoch: int | None = None  # None until its attach script has answered
+    pending: list[envelope.Envelope] = field(default_factory=list)  # arrived before the epoch was known
+    last_seq: str = "0-0"  # last seq handed to the mailbox (for gap repair after a reconnect)
+
+
+def _ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RedisBus(Bus):
+    def __init__(self, url: str, *, node_id: str, grace: float, inbox_limit: int, prefix: str = "signaling",
+                 node_ttl: float = 3.0, metrics: Any = None) -> None:
+        if not PREFIX.fullmatch(prefix):
+            raise ValueError("key prefix must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+        self.url, self.node_id, self.grace, self.inbox_limit = url, node_id, grace, inbox_limit
+        self.prefix, self.node_ttl, self.metrics = prefix, node_ttl, metrics
+        self._redis: aioredis.Redis | None = None
+        self._pubsub: Any = None
+        self._local: dict[str, list[_Local]] = {}  # peer id -> its connections on this node
+        self._channel_peer: dict[bytes, str] = {}  # channel name -> peer id, for subscribed channels
+        self._sub_waiters: dict[bytes, asyncio.Future[None]] = {}  # channel -> confirmation awaited
+        self._subscribed = False  # the pub/sub connection is up and every channel is subscribed
+        self._healthy = False  # the last command connection use succeeded
+        self._tasks: list[asyncio.Task[None]] = []
+        self._expired = 0
+        self.nodes_key = f"{prefix}:nodes"  # zset: node id -> last heartbeat (ms)
+        self.grace_key = f"{prefix}:grace"  # zset: peer id -> end of its grace (ms)
+        self.control = f"{prefix}:{{n:{node_id}}}".encode()  # this node's own channel
+
+    # -- keys ------------------------------------------------------------------------
+    def _peer_keys(self, peer: str) -> tuple[str, str, str, str]:
+        tag = f"{self.prefix}:{{p:{peer}}}"
+        return f"{tag}:state", f"{tag}:inbox", f"{tag}:rooms", tag
+
+    def _room_key(self, room: str) -> str:
+        return f"{self.prefix}:{{r:{room}}}:members"
+
+    def _node_peers_key(self, node: str) -> str:
+        return f"{self.prefix}:{{n:{node}}}:peers"
+
+    @property
+    def _ttl_ms(self) -> int:
+        """Backstop expiry of a reconnecting peer's keys: the grace plus a margin."""
+        return int((self.grace + max(10.0, self.grace)) * 1000)
+
+    # -- lifecycle -------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._subscribed and self._healthy
+
+    def expired_messages(self) -> int:
+        return self._expired
+
+    async def start(self) -> None:
+        self._redis = aioredis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2,
+                                        health_check_interval=2, retry_on_timeout=False)
+        r = self._redis
+        self._scripts = {name: r.register_script(getattr(lua, name)) for name in (
+            "ATTACH", "DETACH", "ORPHAN", "EXPIRE", "SEND", "JOIN_PEER", "JOIN_ROOM", "LEAVE_ROOM",
+            "MEMBERS_IF_IN", "UNSCHEDULE")}
+        try:
+            await r.zadd(self.nodes_key, {self.node_id: _ms()})
+            self._healthy = True
+        except (RedisError, OSError) as exc:
+            log.warning("redis unreachable at start (%s); retrying in the background", exc)
+        self._tasks = [asyncio.create_task(self._read_forever(), name="bus-reader"),
+                       asyncio.create_task(self._heartbeat_forever(), name="bus-heartbeat"),
+                       asyncio.create_task(self._sweep_forever(), name="bus-sweeper")]
+        deadline = time.monotonic() + 5
+        while not self.ready and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.zrem(self.nodes_key, self.node_id)
+            if self._pubsub is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.aclose()
+            await self._redis.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _guard(self) -> AsyncIterator[aioredis.Redis]:
+        """Redis trouble becomes BusUnavailable; success marks the bus healthy again."""
+        if self._redis is None:
+            raise BusUnavailable("the bus is not started")
+        try:
+            yield self._redis
+        except (RedisError, OSError) as exc:
+            self._healthy = False
+            raise BusUnavailable(str(exc)) from exc
+        self._healthy = True
+
+    # -- connections -----------------------------------------------------------------
+    async def attach(self, peer: str, mailbox: Mailbox, resume: str | None = None) -> Attached:
+        state, inbox, rooms, channel = self._peer_keys(peer)
+        local = _Local(mailbox)
+        locals_ = self._local.setdefault(peer, [])
+        locals_.append(local)
+        try:
+            if len(locals_) == 1:
+                await self._subscribe(channel.encode(), peer)
+            async with self._guard() as r:
+                await r.sadd(self._node_peers_key(self.node_id), peer)
+                res = await self._scripts["ATTACH"](keys=[state, inbox, rooms, channel],
+                                                    args=[self.node_id, resume or ""])
+        except BaseException:
+            await self._forget(peer, local)
+            raise
+        epoch, replaced, resumed, replay, members, delivered = res
+        local.epoch, local.last_seq = int(epoch), delivered.decode()
+        if replay:
+            local.last_seq = replay[-1][0].decode()
+        pending, local.pending = local.pending, []
+        for env in pending:
+            self._handle(local, env)
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.zrem(self.grace_key, peer)  # type: ignore[union-attr]
+        return Attached(int(epoch), int(replaced) if int(replaced) >= 0 else None, bool(resumed),
+                        [(seq.decode(), fields[1]) for seq, fields in replay],
+                        frozenset(m.decode() for m in members))
+
+    async def detach(self, peer: str, epoch: int, *, final: bool, delivered: str | None = None) -> None:
+        local = next((x for x in self._local.get(peer, []) if x.epoch == epoch), None)
+        if local is not None:
+            await self._forget(peer, local)
+        state, inbox, rooms, _ = self._peer_keys(peer)
+        deadline = _ms() + int(self.grace * 1000)
+        async with self._guard() as r:
+            if not final:
+                await r.zadd(self.grace_key, {peer: deadline})  # first: a crash after it is harmless
+            res = await self._scripts["DETACH"](keys=[state, inbox, rooms],
+                                                args=[epoch, int(final), delivered or "", deadline, self._ttl_ms])
+            if peer not in self._local:
+                await r.srem(self._node_peers_key(self.node_id), peer)
+        if res[0] == 2:
+            await self._leave_all(peer, [m.decode() for m in res[1]])
+
+    async def _forget(self, peer: str, local: _Local) -> None:
+        locals_ = self._local.get(peer, [])
+        if local in locals_:
+            locals_.remove(local)
+        if not locals_ and peer in self._local:
+            del self._local[peer]
+            await self._unsubscribe(self._peer_keys(peer)[3].encode())
+
+    # -- messages --------------------------------------------------------------------
+    async def send(self, to: str, body: bytes) -> Result:
+        state, inbox, _, channel = self._peer_keys(to)
+        async with self._guard():
+            res = await self._scripts["SEND"](keys=[state, inbox, channel],
+                                              args=[body, self.inbox_limit, _ms(), self._ttl_ms])
+        return Result((Outcome.NO_PEER, Outcome.DELIVERED, Outcome.QUEUED)[res[0]])
+
+    async def broadcast(self, sender: str, room: str, body: bytes) -> Result:
+        async with self._guard():
+            members = await self._scripts["MEMBERS_IF_IN"](keys=[self._room_key(room)], args=[sender])
+        if members is None:
+            return Result(Outcome.NOT_IN_ROOM)
+        queued = await self._fan_out(room, sender, [m.decode() for m in members], body)
+        return Result(Outcome.QUEUED if queued else Outcome.DELIVERED)
+
+    async def _fan_out(self, room: str, sender: str, members: list[str], body: bytes, *, repair: bool = True) -> bool:
+        """`body` to every member but `sender`, in one pipelined round trip; True if any was queued."""
+        targets = sorted(m for m in members if m != sender)
+        if not targets:
+            return False
+        now = _ms()
+        async with self._guard() as r:
+            pipe = r.pipeline(transaction=False)
+            for member in targets:
+                state, inbox, _, channel = self._peer_keys(member)
+                await self._scripts["SEND"](keys=[state, inbox, channel], args=[body, self.inbox_limit, now, self._ttl_ms],
+                                            client=pipe)
+            results = await pipe.execute()
+        ghosts = [m for m, res in zip(targets, results) if res[0] == 0]
+        if ghosts and repair:  # left without their rooms being cleaned (a crash mid-way): repair now
+            for ghost in ghosts:
+                await self._leave_room(ghost, room)
+        return any(res[0] == 2 for res in results)
+
+    # -- rooms -----------------------------------------------------------------------
+    async def join(self, peer: str, room: str, *, room_limit: int, rooms_per_peer: int) -> Result:
+        rooms_key = self._peer_keys(peer)[2]
+        async with self._guard():
+            added = await self._scripts["JOIN_PEER"](keys=[rooms_key], args=[room, rooms_per_peer])
+            if added == 0:
+                return Result(Outcome.TOO_MANY_ROOMS)
+            res = await self._scripts["JOIN_ROOM"](keys=[self._room_key(room)], args=[peer, room_limit])
+            if res[0] == 0:
+                if added == 1:
+                    await self._redis.srem(rooms_key, room)  # type: ignore[union-attr]
+                return Result(Outcome.ROOM_FULL)
+        others = sorted(m.decode() for m in res[1] if m.decode() != peer)
+        if res[0] == 1:
+            await self._fan_out(room, peer, others, room_event("peer-joined", room, peer))
+        return Result(Outcome.OK, peers=others)
+
+    async def leave(self, peer: str, room: str) -> Result:
+        if not await self._leave_room(peer, room):
+            return Result(Outcome.NOT_IN_ROOM)
+        return Result(Outcome.OK)
+
+    async def _leave_room(self, peer: str, room: str) -> bool:
+        async with self._guard() as r:
+            remaining = await self._scripts["LEAVE_ROOM"](keys=[self._room_key(room)], args=[peer])
+            await r.srem(self._peer_keys(peer)[2], room)
+        if remaining is None:
+            return False
+        await self._fan_out(room, peer, [m.decode() for m in remaining], room_event("peer-left", room, peer),
+                            repair=False)
+        return True
+
+    async def _leave_all(self, peer: str, rooms: list[str]) -> None:
+        for room in sorted(rooms):
+            await self._leave_room(peer, room)
+
+    # -- pub/sub ---------------------------------------------------------------------
+    async def _subscribe(self, channel: bytes, peer: str) -> None:
+        self._channel_peer[channel] = peer
+        if not self._subscribed or self._pubsub is None:
+            raise BusUnavailable("the bus is reconnecting")
+        waiter = self._sub_waiters[channel] = asyncio.get_running_loop().create_future()
+        try:
+            await self._pubsub.subscribe(channel)
+            await asyncio.wait_for(asyncio.shield(waiter), timeout=3.0)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise BusUnavailable(f"subscribe failed: {exc!r}") from exc
+        finally:
+            if self._sub_waiters.get(channel) is waiter:
+                del self._sub_waiters[channel]
+
+    async def _unsubscribe(self, channel: bytes) -> None:
+        self._channel_peer.pop(channel, None)
+        if self._pubsub is not None and self._subscribed:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.unsubscribe(channel)
+
+    async def _read_forever(self) -> None:
+        backoff, connected_before = 0.05, False
+        while True:
+            pubsub = None
+            try:
+                assert self._redis is not None
+                pubsub = self._redis.pubsub()
+                await pubsub.subscribe(self.control, *self._channel_peer)
+                self._pubsub, self._subscribed = pubsub, True
+                if connected_before:
+                    log.info("bus reconnected; %d channels subscribed again", len(self._channel_peer) + 1)
+                    if self.metrics is not None:
+                        self.metrics.bus_reconnects.inc()
+                    await self._repair_gaps()
+                connected_before, backoff = True, 0.05
+                while True:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is not None:
+                        self._on_pubsub(msg)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if self._subscribed:
+                    log.warning("bus pub/sub connection lost: %s", exc)
+                self._subscribed = False
+                self._healthy = False
+            except Exception:
+                log.exception("bus reader failed; restarting it")
+                self._subscribed = False
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+            await asyncio.sleep(backoff * (1 + random.random()))
+            backoff = min(backoff * 2, 2.0)
+
+    def _on_pubsub(self, msg: dict[str, Any]) -> None:
+        kind, channel = msg["type"], msg["channel"]
+        if kind == "subscribe":
+            waiter = self._sub_waiters.get(channel)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return
+        if kind != "message":
+            return
+        peer = self._channel_peer.get(channel)
+        if peer is None:
+            return
+        try:
+            env = envelope.unpack(msg["data"])
+        except envelope.EnvelopeError as exc:
+            log.warning("dropping a bad envelope on %r: %s", channel, exc)
+            return
+        for local in list(self._local.get(peer, ())):
+            self._handle(local, env)
+
+    def _handle(self, local: _Local, env: envelope.Envelope) -> None:
+        if local.epoch is None:
+            local.pending.append(env)
+        elif env.epoch != local.epoch:
+            return  # for another connection of the same peer
+        elif env.kind == "d":
+            local.last_seq = env.seq
+            if self.metrics is not None and env.sent_ms:
+                self.metrics.publish_latency.observe(max(0.0, time.time() - env.sent_ms / 1000))
+            local.mailbox.deliver(env.seq, env.body)
+        else:
+            local.mailbox.replaced()
+
+    async def _repair_gaps(self) -> None:
+        """After a reconnect: hand each live connection what reached its inbox meanwhile."""
+        assert self._redis is not None
+        for peer, locals_ in list(self._local.items()):
+            for local in locals_:
+                if local.epoch is None:
+                    continue
+                entries = await self._redis.xrange(self._peer_keys(peer)[1], f"({local.last_seq}", "+")
+                for seq, fields in entries:
+                    self._handle(local, envelope.Envelope("d", local.epoch, seq.decode(), fields[b"b"]))
+
+    # -- liveness ----------------------------------------------------------------------
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.node_ttl / 3)
+            try:
+                assert self._redis is not None
+                await self._redis.zadd(self.nodes_key, {self.node_id: _ms()})
+                self._healthy = True
+            except (RedisError, OSError) as exc:
+                if self._healthy:
+                    log.warning("bus heartbeat failed: %s", exc)
+                self._healthy = False
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.5, self.grace / 4))
+            try:
+                await self._sweep()
+            except (RedisError, OSError, BusUnavailable):
+                pass  # the heartbeat and the reader report Redis trouble
+            except Exception:
+                log.exception("bus sweep failed")
+
+    async def _sweep(self) -> None:
+        """Every node runs this; each step is idempotent, so they need no lock.
+
+        1. Nodes whose heartbeat is older than `node_ttl`: their connected peers become
+           reconnecting, with a grace from now.
+        2. Peers whose grace has run out leave their rooms (`peer-left`) and are dropped.
+        """
+        r = self._redis
+        assert r is not None
+        now = _ms()
+        dead = await r.zrangebyscore(self.nodes_key, "-inf", now - int(self.node_ttl * 1000))
+        for node in (n.decode() for n in dead):
+            if node == self.node_id:
+                continue
+            peers = [p.decode() for p in await r.smembers(self._node_peers_key(node))]
+            deadline = now + int(self.grace * 1000)
+            if peers:
+                pipe = r.pipeline(transaction=False)
+                for peer in peers:
+                    await self._scripts["ORPHAN"](keys=list(self._peer_keys(peer)[:3]),
+                                                  args=[node, deadline, self._ttl_ms], client=pipe)
+                orphaned = [p for p, hit in zip(peers, await pipe.execute()) if hit]
+                if orphaned:
+                    await r.zadd(self.grace_key, {p: deadline for p in orphaned})
+                log.warning("node %s stopped answering: %d of its peers are reconnecting", node, len(orphaned))
+            await r.delete(self._node_peers_key(node))
+            await r.zrem(self.nodes_key, node)
+        for peer in (p.decode() for p in await r.zrangebyscore(self.grace_key, "-inf", now, start=0, num=200)):
+            gone = await self._scripts["EXPIRE"](keys=list(self._peer_keys(peer)[:3]), args=[now])
+            await self._scripts["UNSCHEDULE"](keys=[self.grace_key], args=[peer, now])
+            if gone:
+                rooms, undelivered = gone
+                self._expired += int(undelivered)
+                await self._leave_all(peer, [m.decode() for m in rooms])
