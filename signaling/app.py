@@ -159,10 +159,10 @@ async def index(request: web.Request) -> web.FileResponse:
 
 def create_app(settings: Settings, bus: buses.Bus | None = None) -> web.Application:
     """The node's application. Without `bus`, one is made from `settings.redis_url`."""
-    metrics = Metrics()
+    counters = Metrics()
     if bus is None:
-        bus = buses.from_settings(settings, metrics)
-    node = Node(settings, bus, metrics)
+        bus = buses.from_settings(settings, counters)
+    node = Node(settings, bus, counters)
     app = web.Application(middlewares=[json_errors])
     app[NODE] = node
 

@@ -88,7 +88,9 @@ class Client:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             msg = await self.ws.receive(timeout=deadline - time.monotonic())
-            if msg.type is aiohttp.WSMsgType.CLOSE:
+            if msg.type is aiohttp.WSMsgType.TEXT and not self.welcome:
+                self.welcome = json.loads(msg.data)
+            elif msg.type is aiohttp.WSMsgType.CLOSE:
                 return msg.data  # the code the server sent
             if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
                 return self.ws.close_code

@@ -56,3 +56,26 @@ async def connect() -> AsyncIterator[Callable[..., Awaitable[Client]]]:
     yield make
     for client in clients:
         await client.close()
+
+
+@pytest.fixture
+async def cluster(redis_server, key_prefix, tmp_path):
+    """cluster(n, **flags) -> n real `signaling serve` processes on one real redis-server."""
+    from support import NodeProcess
+
+    started: list[NodeProcess] = []
+
+    async def start(n: int, *args: str) -> list[NodeProcess]:
+        nodes = []
+        for i in range(n):
+            node = NodeProcess("--redis-url", redis_server.url, "--key-prefix", key_prefix,
+                               "--node-id", f"node-{len(started) + 1}", *args).start(tmp_path)
+            started.append(node)
+            nodes.append(node)
+        for node in nodes:
+            await node.wait_ready()
+        return nodes
+
+    yield start
+    for node in started:
+        node.stop()

@@ -1,0 +1,184 @@
+"""The protocol across nodes: real node processes on a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import redis
+
+from signaling.inbox import parse_seq
+from support import Client
+
+
+async def test_relay_across_nodes_with_receipts(cluster, connect):
+    n1, n2 = await cluster(2)
+    alice, bob = await connect(n1.ws_base, peer="alice"), await connect(n2.ws_base, peer="bob")
+    assert (alice.welcome["node"], bob.welcome["node"]) == ("node-1", "node-2")
+    await alice.send(type="offer", to="bob", offer={"type": "offer", "sdp": "v=0"}, id=1)
+    await alice.expect("ack", id=1)
+    offer = await bob.expect("offer", **{"from": "alice"})
+    assert parse_seq(offer["seq"]) is not None
+    await bob.send(type="answer", to="alice", answer={"type": "answer", "sdp": "v=0"}, id="a")
+    await bob.expect("ack", id="a")
+    await alice.expect("answer", **{"from": "bob"})
+    for i in range(3):
+        await alice.send(type="candidate", to="bob", candidate={"candidate": f"c{i}"})
+    for i in range(3):
+        assert (await bob.expect("candidate"))["candidate"] == {"candidate": f"c{i}"}
+    await alice.send(type="message", to="nobody", data=1, id=2)
+    await alice.expect("error", code="peer-unavailable", id=2)
+
+
+async def test_order_per_pair_across_nodes(cluster, connect):
+    n1, n2 = await cluster(2, "--rate", "100000", "--burst", "10000")
+    alice, bob = await connect(n1.ws_base, peer="alice"), await connect(n2.ws_base, peer="bob")
+    for i in range(500):
+        await alice.send(type="message", to="bob", data=i)
+    got = [(await bob.expect("message"))["data"] for _ in range(500)]
+    assert got == list(range(500))
+
+
+async def test_room_spread_over_three_nodes(cluster, connect):
+    nodes = await cluster(3)
+    a, b, c = [await connect(n.ws_base, peer=p) for n, p in zip(nodes, "abc")]
+    await a.send(type="join", room="r")
+    await a.expect("joined", peers=[])
+    await b.send(type="join", room="r")
+    await b.expect("joined", peers=["a"])
+    await a.expect("peer-joined", peer="b")
+    await c.send(type="join", room="r")
+    await c.expect("joined", peers=["a", "b"])
+    for x in (a, b):
+        await x.expect("peer-joined", peer="c")
+    await b.send(type="message", room="r", data="hello", id=1)
+    await b.expect("ack", id=1)
+    for x in (a, c):
+        got = await x.expect("message", data="hello")
+        assert got["from"] == "b" and got["room"] == "r"
+    await b.silent()
+    await c.close()
+    for x in (a, b):
+        await x.expect("peer-left", peer="c")
+    await a.send(type="leave", room="r")
+    await a.expect("left")
+    await b.expect("peer-left", peer="a")
+
+
+async def test_takeover_across_nodes(cluster, connect):
+    n1, n2 = await cluster(2)
+    alice = await connect(n1.ws_base, peer="alice")
+    bob = await connect(n1.ws_base, peer="bob")
+    for x in (alice, bob):
+        await x.send(type="join", room="r")
+        await x.expect("joined")
+    await alice.expect("peer-joined")
+    bob2 = await connect(n2.ws_base, peer="bob")
+    assert bob2.welcome["node"] == "node-2"
+    assert await bob.closed() == 4409
+    await alice.send(type="message", to="bob", data=1, id=1)
+    await alice.expect("ack", id=1)
+    await bob2.expect("message", data=1)
+    await alice.send(type="message", room="r", data=2)
+    await bob2.expect("message", data=2)
+    await alice.silent()  # no peer-left / peer-joined churn
+
+
+async def test_racing_connections_one_owner_the_later_wins(cluster, connect):
+    n1, n2 = await cluster(2)
+    alice = await connect(n1.ws_base, peer="alice")
+    for _ in range(5):
+        first, second = await asyncio.gather(Client.connect(n1.ws_base, peer="bob", welcome=False),
+                                             Client.connect(n2.ws_base, peer="bob", welcome=False))
+        # exactly one of them is told it was replaced (maybe before its welcome); the other owns bob
+        results = await asyncio.gather(first.closed(timeout=2), second.closed(timeout=2), return_exceptions=True)
+        replaced = [r for r in results if r == 4409]
+        owners = [c for c, r in zip((first, second), results) if isinstance(r, (AssertionError, asyncio.TimeoutError))]
+        assert len(replaced) == 1 and len(owners) == 1, results
+        await alice.send(type="message", to="bob", data="who", id=1)
+        await alice.expect("ack", id=1)
+        await owners[0].expect("message", data="who")
+        for c in (first, second):
+            await c.close()
+        await asyncio.sleep(0.2)
+
+
+async def test_drop_on_one_node_resume_on_another(cluster, connect):
+    n1, n2 = await cluster(2)
+    alice, bob = await connect(n1.ws_base, peer="alice"), await connect(n2.ws_base, peer="bob")
+    await alice.send(type="message", to="bob", data=0)
+    await bob.expect("message", data=0)
+    last = bob.last_seq
+    await bob.drop()
+    acks = []
+    for i in range(1, 30):
+        await alice.send(type="message", to="bob", data=i, id=i)
+        acks.append(await alice.expect("ack", id=i))
+    bob2 = await connect(n1.ws_base, peer="bob", resume=last)
+    assert bob2.welcome["resumed"] is True
+    assert [(await bob2.recv())["data"] for _ in range(29)] == list(range(1, 30))
+    await bob2.silent()
+
+
+async def test_sigkill_a_node_mid_conversation_loses_nothing_acked(cluster, connect, redis_server, key_prefix):
+    n1, n2 = await cluster(2, "--grace", "20", "--node-ttl", "1.5")
+    alice = await connect(n1.ws_base, peer="alice")
+    bob = await Client.connect(n2.ws_base, peer="bob")
+    carol = await connect(n1.ws_base, peer="carol")
+    for x in (alice, bob, carol):
+        await x.send(type="join", room="r")
+        await x.expect("joined")
+    await alice.expect("peer-joined", peer="bob")
+    await alice.expect("peer-joined", peer="carol")
+    await bob.expect("peer-joined", peer="carol")
+    for i in range(20):
+        await alice.send(type="message", to="bob", data=i, id=i)
+        await alice.expect("ack", id=i)
+    for i in range(10):  # bob processes up to message 9, then its node dies
+        processed = (await bob.expect("message", data=i))["seq"]
+    killed = time.monotonic()
+    n2.signal(signal.SIGKILL)
+    n2.proc.wait()
+    acked = list(range(20))
+    for i in range(20, 40):  # alice keeps talking while bob is gone
+        await alice.send(type="message", to="bob", data=i, id=i)
+        ack = await alice.expect("ack", id=i)
+        assert ack.get("queued") is True
+        acked.append(i)
+    # the cluster notices the dead node: bob becomes reconnecting
+    r = redis.Redis.from_url(redis_server.url)
+    state = f"{key_prefix}:{{p:bob}}:state"
+    while r.hget(state, "connected") != b"0":
+        assert time.monotonic() - killed < 10, "the dead node was not noticed"
+        await asyncio.sleep(0.05)
+    noticed = time.monotonic() - killed
+    print(f"\nnode death noticed after {noticed:.2f}s")
+    assert noticed < 5
+    await carol.silent(0.2)  # no peer-left while bob is in his grace
+    bob2 = await connect(n1.ws_base, peer="bob", resume=processed)
+    assert bob2.welcome["resumed"] is True
+    got = [(await bob2.recv())["data"] for _ in range(30)]
+    assert got == acked[10:]  # exactly once, in order, nothing acked lost
+    await bob2.silent()
+    await bob.http.close()
+
+
+async def test_killed_node_peers_leave_their_rooms_when_the_grace_runs_out(cluster, connect):
+    n1, n2 = await cluster(2, "--grace", "1", "--node-ttl", "1")
+    carol = await connect(n1.ws_base, peer="carol")
+    bob = await Client.connect(n2.ws_base, peer="bob")
+    for x in (carol, bob):
+        await x.send(type="join", room="r")
+        await x.expect("joined")
+    await carol.expect("peer-joined", peer="bob")
+    killed = time.monotonic()
+    n2.signal(signal.SIGKILL)
+    n2.proc.wait()
+    await carol.expect("peer-left", room="r", peer="bob", timeout=8)
+    elapsed = time.monotonic() - killed
+    print(f"\npeer-left after {elapsed:.2f}s (node ttl 1 s + grace 1 s)")
+    assert 1.0 <= elapsed < 5
+    await carol.send(type="message", to="bob", data=1, id=1)
+    await carol.expect("error", code="peer-unavailable", id=1)
+    await bob.http.close()
