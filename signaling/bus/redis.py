@@ -44,6 +44,7 @@ class _Local:
     epoch: int | None = None  # None until its attach script has answered
     pending: list[envelope.Envelope] = field(default_factory=list)  # arrived before the epoch was known
     last_seq: str = "0-0"  # last seq handed to the mailbox (for gap repair after a reconnect)
+    rooms: set[str] = field(default_factory=set)  # its rooms, to register again if Redis loses them
 
 
 def _ms() -> int:
@@ -64,6 +65,7 @@ class RedisBus(Bus):
         self._sub_waiters: dict[bytes, asyncio.Future[None]] = {}  # channel -> confirmation awaited
         self._subscribed = False  # the pub/sub connection is up and every channel is subscribed
         self._healthy = False  # the last command connection use succeeded
+        self._settle_until = 0.0  # monotonic; before it, Redis may still miss peers other nodes re-register
         self._tasks: list[asyncio.Task[None]] = []
         self._expired = 0
         self.nodes_key = f"{prefix}:nodes"  # zset: node id -> last heartbeat (ms)
@@ -100,7 +102,7 @@ class RedisBus(Bus):
         r = self._redis
         self._scripts = {name: r.register_script(getattr(lua, name)) for name in (
             "ATTACH", "DETACH", "ORPHAN", "EXPIRE", "SEND", "JOIN_PEER", "JOIN_ROOM", "LEAVE_ROOM",
-            "MEMBERS_IF_IN", "UNSCHEDULE")}
+            "MEMBERS_IF_IN", "UNSCHEDULE", "REGISTER")}
         try:
             await r.zadd(self.nodes_key, {self.node_id: _ms()})
             self._healthy = True
@@ -130,6 +132,8 @@ class RedisBus(Bus):
         """Redis trouble becomes BusUnavailable; success marks the bus healthy again."""
         if self._redis is None:
             raise BusUnavailable("the bus is not started")
+        if not self._subscribed:
+            raise BusUnavailable("the bus is reconnecting")
         try:
             yield self._redis
         except (RedisError, OSError) as exc:
@@ -155,6 +159,7 @@ class RedisBus(Bus):
             raise
         epoch, replaced, resumed, replay, members, delivered = res
         local.epoch, local.last_seq = int(epoch), delivered.decode()
+        local.rooms = {m.decode() for m in members}
         if replay:
             local.last_seq = replay[-1][0].decode()
         pending, local.pending = local.pending, []
@@ -163,8 +168,7 @@ class RedisBus(Bus):
         with contextlib.suppress(RedisError, OSError):
             await self._redis.zrem(self.grace_key, peer)  # type: ignore[union-attr]
         return Attached(int(epoch), int(replaced) if int(replaced) >= 0 else None, bool(resumed),
-                        [(seq.decode(), fields[1]) for seq, fields in replay],
-                        frozenset(m.decode() for m in members))
+                        [(seq.decode(), fields[1]) for seq, fields in replay], frozenset(local.rooms))
 
     async def detach(self, peer: str, epoch: int, *, final: bool, delivered: str | None = None) -> None:
         local = next((x for x in self._local.get(peer, []) if x.epoch == epoch), None)
@@ -193,10 +197,36 @@ class RedisBus(Bus):
     # -- messages --------------------------------------------------------------------
     async def send(self, to: str, body: bytes) -> Result:
         state, inbox, _, channel = self._peer_keys(to)
-        async with self._guard():
-            res = await self._scripts["SEND"](keys=[state, inbox, channel],
-                                              args=[body, self.inbox_limit, _ms(), self._ttl_ms])
+        try:
+            async with self._guard():
+                res = await self._scripts["SEND"](keys=[state, inbox, channel],
+                                                  args=[body, self.inbox_limit, _ms(), self._ttl_ms])
+        except BusUnavailable:
+            if self._deliver_here(to, body):
+                return Result(Outcome.DELIVERED)
+            raise
+        if res[0] == 0 and self._settling():
+            raise BusUnavailable("Redis was reset; nodes are registering their peers again")
         return Result((Outcome.NO_PEER, Outcome.DELIVERED, Outcome.QUEUED)[res[0]])
+
+    def _settling(self) -> bool:
+        """True for a while after Redis came back empty: until every live node has had
+        a heartbeat to register its peers again, `no such peer` cannot be trusted."""
+        return time.monotonic() < self._settle_until
+
+    def _deliver_here(self, peer: str, body: bytes) -> bool:
+        """Without Redis, peers on the same node still reach each other: hand the message
+        straight to the connection, numbered after its last seq. (It is not in the inbox:
+        a resume cannot replay it; re-registration makes Redis's seqs follow it.)"""
+        live = [x for x in self._local.get(peer, ()) if x.epoch is not None]
+        if not live:
+            return False
+        local = live[-1]
+        ms, _, n = local.last_seq.partition("-")
+        now = _ms()
+        seq = f"{now}-0" if now > int(ms) else f"{ms}-{int(n) + 1}"
+        self._handle(local, envelope.Envelope("d", local.epoch, seq, body))  # type: ignore[arg-type]
+        return True
 
     async def broadcast(self, sender: str, room: str, body: bytes) -> Result:
         async with self._guard():
@@ -220,7 +250,7 @@ class RedisBus(Bus):
                                             client=pipe)
             results = await pipe.execute()
         ghosts = [m for m, res in zip(targets, results) if res[0] == 0]
-        if ghosts and repair:  # left without their rooms being cleaned (a crash mid-way): repair now
+        if ghosts and repair and not self._settling():  # left without their rooms being cleaned (a crash mid-way): repair now
             for ghost in ghosts:
                 await self._leave_room(ghost, room)
         return any(res[0] == 2 for res in results)
@@ -238,11 +268,15 @@ class RedisBus(Bus):
                     await self._redis.srem(rooms_key, room)  # type: ignore[union-attr]
                 return Result(Outcome.ROOM_FULL)
         others = sorted(m.decode() for m in res[1] if m.decode() != peer)
+        for local in self._local.get(peer, ()):
+            local.rooms.add(room)
         if res[0] == 1:
             await self._fan_out(room, peer, others, room_event("peer-joined", room, peer))
         return Result(Outcome.OK, peers=others)
 
     async def leave(self, peer: str, room: str) -> Result:
+        for local in self._local.get(peer, ()):
+            local.rooms.discard(room)
         if not await self._leave_room(peer, room):
             return Result(Outcome.NOT_IN_ROOM)
         return Result(Outcome.OK)
@@ -290,12 +324,13 @@ class RedisBus(Bus):
                 assert self._redis is not None
                 pubsub = self._redis.pubsub()
                 await pubsub.subscribe(self.control, *self._channel_peer)
-                self._pubsub, self._subscribed = pubsub, True
+                self._pubsub = pubsub
                 if connected_before:
                     log.info("bus reconnected; %d channels subscribed again", len(self._channel_peer) + 1)
                     if self.metrics is not None:
                         self.metrics.bus_reconnects.inc()
-                    await self._repair_gaps()
+                    await self._recover()  # before any operation is let through again
+                self._subscribed = True
                 connected_before, backoff = True, 0.05
                 while True:
                     msg = await pubsub.get_message(timeout=1.0)
@@ -351,6 +386,64 @@ class RedisBus(Bus):
         else:
             local.mailbox.replaced()
 
+    async def _recover(self) -> None:
+        """After Redis comes back: make it agree with what this node holds, then fill gaps."""
+        assert self._redis is not None
+        if await self._redis.zscore(self.nodes_key, self.node_id) is None:
+            await self._register_again()
+        await self._reconcile()
+        await self._redis.zadd(self.nodes_key, {self.node_id: _ms()})
+        self._healthy = True
+        await self._repair_gaps()
+
+    async def _register_again(self) -> None:
+        """Redis lost this node (restarted empty, failed over, or swept it during a
+        partition): register every live connection, its rooms and this node again, with
+        no peer-joined/peer-left churn, and start the grace of peers it no longer holds."""
+        r = self._redis
+        assert r is not None
+        self._settle_until = time.monotonic() + self.node_ttl
+        restored = 0
+        for peer, locals_ in list(self._local.items()):
+            live = [x for x in locals_ if x.epoch is not None]
+            if not live:
+                continue
+            local = live[-1]
+            state, inbox, rooms, _ = self._peer_keys(peer)
+            res = await self._scripts["REGISTER"](keys=[state, inbox, rooms],
+                                                  args=[local.epoch, self.node_id, local.last_seq])
+            if res == 0:
+                local.mailbox.replaced()  # a newer connection took the peer meanwhile
+                continue
+            restored += 1
+            pipe = r.pipeline(transaction=False)
+            pipe.sadd(self._node_peers_key(self.node_id), peer)
+            pipe.zrem(self.grace_key, peer)
+            for room in local.rooms:
+                pipe.sadd(rooms, room)
+                pipe.sadd(self._room_key(room), peer)
+            await pipe.execute()
+        log.warning("registered %d live peers again after Redis lost this node", restored)
+
+    async def _reconcile(self) -> None:
+        """Peers Redis still places on this node that ended while it was unreachable
+        (their detach failed): they start their grace now."""
+        r = self._redis
+        assert r is not None
+        held = [p.decode() for p in await r.smembers(self._node_peers_key(self.node_id))]
+        gone = [p for p in held if p not in self._local]
+        if not gone:
+            return
+        deadline = _ms() + int(self.grace * 1000)
+        pipe = r.pipeline(transaction=False)
+        for peer in gone:
+            await self._scripts["ORPHAN"](keys=list(self._peer_keys(peer)[:3]),
+                                          args=[self.node_id, deadline, self._ttl_ms], client=pipe)
+        orphaned = [p for p, hit in zip(gone, await pipe.execute()) if hit]
+        if orphaned:
+            await r.zadd(self.grace_key, {p: deadline for p in orphaned})
+        await r.srem(self._node_peers_key(self.node_id), *gone)
+
     async def _repair_gaps(self) -> None:
         """After a reconnect: hand each live connection what reached its inbox meanwhile."""
         assert self._redis is not None
@@ -368,6 +461,9 @@ class RedisBus(Bus):
             await asyncio.sleep(self.node_ttl / 3)
             try:
                 assert self._redis is not None
+                if await self._redis.zscore(self.nodes_key, self.node_id) is None:
+                    await self._register_again()
+                    await self._reconcile()
                 await self._redis.zadd(self.nodes_key, {self.node_id: _ms()})
                 self._healthy = True
             except (RedisError, OSError) as exc:

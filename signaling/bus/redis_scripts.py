@@ -165,3 +165,25 @@ local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if due and tonumber(due) <= tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
 return 0
 """
+
+# Redis lost this peer's state (restarted empty, or a failover to a lagging replica) or
+# marked it reconnecting while this node was cut off: the node that holds its live
+# connection registers it again. KEYS: state, inbox, rooms   ARGV: epoch, node, last seq
+# -> 0 a newer connection owns the peer | 1 repaired | 2 restored from nothing
+REGISTER = """
+local state, inbox, rooms = KEYS[1], KEYS[2], KEYS[3]
+local st = redis.call('HMGET', state, 'epoch')
+if st[1] and tonumber(st[1]) > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', state, 'epoch', ARGV[1], 'node', ARGV[2], 'connected', 1, 'deadline', 0)
+for _, key in ipairs({state, inbox, rooms}) do redis.call('PERSIST', key) end
+if st[1] then return 1 end
+-- what was in the inbox is gone: a resume from before this point cannot be served
+redis.call('HSET', state, 'delivered', ARGV[3], 'trimmed', ARGV[3])
+if redis.call('EXISTS', inbox) == 0 then
+  -- new seqs must follow the ones this peer already has: start the stream after ARGV[3]
+  local ms, n = string.match(ARGV[3], '^(%d+)-(%d+)$')
+  local id = redis.call('XADD', inbox, ms .. '-' .. (tonumber(n) + 1), 'b', '')
+  redis.call('XDEL', inbox, id)
+end
+return 2
+"""
