@@ -153,8 +153,13 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=node.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
-async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC / "index.html")
+def _static(name: str, content_type: str) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        path = STATIC / name
+        if not path.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(path, headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
+    return handler
 
 
 def create_app(settings: Settings, bus: buses.Bus | None = None) -> web.Application:
@@ -181,5 +186,7 @@ def create_app(settings: Settings, bus: buses.Bus | None = None) -> web.Applicat
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/", index)
+    app.router.add_get("/", _static("index.html", "text/html; charset=utf-8"))
+    app.router.add_get("/client.js", _static("client.js", "text/javascript; charset=utf-8"))
+    app.router.add_get("/client.d.ts", _static("client.d.ts", "text/plain; charset=utf-8"))
     return app
