@@ -47,7 +47,7 @@ class Settings:
     tls_cert: str = _opt("", "PEM certificate chain: serve wss:// directly (where no proxy terminates TLS).", metavar="PATH")
     tls_key: str = _opt("", "PEM private key for --tls-cert.", metavar="PATH")
     # -- cluster ---------------------------------------------------------------------
-    redis_url: str = _opt("", "Bus to join: empty or memory:// for the embedded single-node bus; redis://... for a cluster.", metavar="URL")
+    redis_url: str = _opt("", "Bus to join: empty or memory:// for the embedded single-node bus; redis://host:port for nodes on one Redis; redis+cluster://host:port[,host:port...] for Redis Cluster (sharded pub/sub).", metavar="URL")
     key_prefix: str = _opt("signaling", "Prefix of every Redis key and channel, so several clusters can share one Redis.")
     node_ttl: float = _opt(3.0, "A node whose heartbeat is older than this many seconds is dead: its peers enter their grace.")
     # -- auth ------------------------------------------------------------------------

@@ -26,3 +26,13 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def key_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory) -> Iterator["RedisClusterServers"]:
+    """A real 3-primary Redis Cluster for the session."""
+    from support import RedisClusterServers
+
+    servers = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield servers
+    servers.stop()

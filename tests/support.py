@@ -223,3 +223,71 @@ class RedisServer:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def _free_cluster_port() -> int:
+    """A free port P below 55535 whose cluster bus port (P + 10000) is free too."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 30000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no free port pair for a Redis Cluster node")
+
+
+class RedisClusterServers:
+    """A real 3-primary Redis Cluster: redis-server processes joined by `redis-cli --cluster create`."""
+
+    def __init__(self, directory: Path, primaries: int = 3) -> None:
+        self.directory = directory
+        self.servers: list[RedisServer] = []
+        self.primaries = primaries
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+
+    def start(self) -> RedisClusterServers:
+        import shutil
+
+        for i in range(self.primaries):
+            port = _free_cluster_port()
+            workdir = self.directory / f"redis-{port}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            self.servers.append(RedisServer(port, "--cluster-enabled", "yes", "--cluster-config-file",
+                                            str(workdir / "nodes.conf"), "--dir", str(workdir)).start())
+        cli = shutil.which("redis-cli")
+        assert cli, "redis-cli is not installed (package redis-tools)"
+        subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{s.port}" for s in self.servers],
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            states = [subprocess.run([cli, "-p", str(s.port), "cluster", "info"], capture_output=True, text=True).stdout
+                      for s in self.servers]
+            if all("cluster_state:ok" in st for st in states):
+                return self
+            time.sleep(0.1)
+        raise AssertionError("the Redis Cluster did not become ready")
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def command_calls(self, command: str) -> int:
+        """How often `command` ran, summed over every primary (INFO commandstats)."""
+        import shutil
+
+        total = 0
+        for s in self.servers:
+            out = subprocess.run([shutil.which("redis-cli") or "redis-cli", "-p", str(s.port), "info", "commandstats"],
+                                 capture_output=True, text=True).stdout
+            for line in out.splitlines():
+                if line.startswith(f"cmdstat_{command}:"):
+                    total += int(line.split("calls=")[1].split(",")[0])
+        return total

@@ -1,4 +1,5 @@
-"""Buses, chosen by URL: empty or `memory://` (one node, the default), `redis://` / `rediss://` (a cluster)."""
+"""Buses, chosen by URL: empty or `memory://` (one node, the default); `redis://` / `rediss://`
+(nodes on one Redis); `redis+cluster://host:port[,host:port...]` (Redis Cluster, sharded pub/sub)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ def from_settings(settings: Settings, metrics: Any = None) -> Bus:
         from .memory import MemoryBus  # never imports redis
 
         return MemoryBus(node_id=settings.node_id, grace=settings.grace, inbox_limit=settings.inbox_limit)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+cluster"):
         from .redis import RedisBus
 
         return RedisBus(url, node_id=settings.node_id, grace=settings.grace, inbox_limit=settings.inbox_limit,
                         prefix=settings.key_prefix, node_ttl=settings.node_ttl, metrics=metrics)
-    raise ValueError(f"unsupported bus URL scheme {scheme!r}: use memory://, redis:// or rediss://")
+    raise ValueError(f"unsupported bus URL scheme {scheme!r}: use memory://, redis://, rediss:// or redis+cluster://")

@@ -7,9 +7,15 @@ costs work on two nodes whatever the size of the cluster. Inboxes, ownership, ro
 and grace deadlines all live in Redis: a node can die at any moment and the others
 take over its peers' grace (see `_sweep`).
 
-One pub/sub connection per node, one reader task. When the connection drops, the
-reader reconnects with back-off, subscribes every channel again and fills the gap
-from each local peer's inbox, so a live session misses nothing.
+One pub/sub connection per Redis server (`Subscriber`), one reader task each. When a
+connection drops, its reader reconnects with back-off, subscribes every channel again,
+registers this node's live peers again (Redis may have come back empty) and fills the
+gap from each local peer's inbox, so a live session misses nothing.
+
+`redis+cluster://host:port[,host:port...]` runs on Redis Cluster: every key and channel
+of a peer shares the hash tag `{p:<id>}`, scripts publish with SPUBLISH (sharded
+pub/sub, Redis 7), and the node keeps one subscriber per primary, so the bus scales
+with the cluster's shards (classic PUBLISH would be broadcast to every shard).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisError
 
 from .. import envelope
@@ -31,6 +38,7 @@ from ..directory import Attached, Outcome, Result
 from ..protocol import room_event
 from . import redis_scripts as lua
 from .base import Bus, BusUnavailable, Mailbox
+from .redis_subscriber import Subscriber
 
 log = logging.getLogger("signaling.bus.redis")
 PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -51,6 +59,21 @@ def _ms() -> int:
     return int(time.time() * 1000)
 
 
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """`redis+cluster://h1:p1,h2:p2` -> [(h1, p1), (h2, p2)]."""
+    rest = url.partition("://")[2].split("/")[0].split("@")[-1]
+    out = []
+    for part in rest.split(","):
+        host, _, port = part.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"bad cluster node {part!r} in {url!r}: use host:port")
+        out.append((host, int(port)))
+    return out
+
+
+_CONNECTION = dict(socket_timeout=5, socket_connect_timeout=2, health_check_interval=2, retry_on_timeout=False)
+
+
 class RedisBus(Bus):
     def __init__(self, url: str, *, node_id: str, grace: float, inbox_limit: int, prefix: str = "signaling",
                  node_ttl: float = 3.0, metrics: Any = None) -> None:
@@ -58,12 +81,11 @@ class RedisBus(Bus):
             raise ValueError("key prefix must be 1-64 characters of A-Z a-z 0-9 . _ : -")
         self.url, self.node_id, self.grace, self.inbox_limit = url, node_id, grace, inbox_limit
         self.prefix, self.node_ttl, self.metrics = prefix, node_ttl, metrics
-        self._redis: aioredis.Redis | None = None
-        self._pubsub: Any = None
+        self.clustered = url.startswith("redis+cluster://")
+        self._redis: Any = None  # redis.asyncio.Redis, or RedisCluster
+        self._subscribers: dict[str, Subscriber] = {}  # server name -> its pub/sub connection
         self._local: dict[str, list[_Local]] = {}  # peer id -> its connections on this node
         self._channel_peer: dict[bytes, str] = {}  # channel name -> peer id, for subscribed channels
-        self._sub_waiters: dict[bytes, asyncio.Future[None]] = {}  # channel -> confirmation awaited
-        self._subscribed = False  # the pub/sub connection is up and every channel is subscribed
         self._healthy = False  # the last command connection use succeeded
         self._settle_until = 0.0  # monotonic; before it, Redis may still miss peers other nodes re-register
         self._tasks: list[asyncio.Task[None]] = []
@@ -90,6 +112,10 @@ class RedisBus(Bus):
 
     # -- lifecycle -------------------------------------------------------------------
     @property
+    def _subscribed(self) -> bool:
+        return bool(self._subscribers) and all(sub.up for sub in self._subscribers.values())
+
+    @property
     def ready(self) -> bool:
         return self._subscribed and self._healthy
 
@@ -97,38 +123,60 @@ class RedisBus(Bus):
         return self._expired
 
     async def start(self) -> None:
-        self._redis = aioredis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2,
-                                        health_check_interval=2, retry_on_timeout=False)
-        r = self._redis
-        self._scripts = {name: r.register_script(getattr(lua, name)) for name in (
+        scripts = {name: getattr(lua, name) for name in (
             "ATTACH", "DETACH", "ORPHAN", "EXPIRE", "SEND", "JOIN_PEER", "JOIN_ROOM", "LEAVE_ROOM",
             "MEMBERS_IF_IN", "UNSCHEDULE", "REGISTER")}
+        if self.clustered:
+            nodes = [ClusterNode(host, port) for host, port in cluster_nodes(self.url)]
+            self._redis = RedisCluster(startup_nodes=nodes, socket_timeout=5, socket_connect_timeout=2)
+            await self._redis.initialize()
+            # sharded pub/sub: a delivery is published on the shard that owns the peer
+            scripts = {k: v.replace("'PUBLISH'", "'SPUBLISH'") for k, v in scripts.items()}
+            for primary in self._redis.get_primaries():
+                self._add_subscriber(primary.name, aioredis.Redis(host=primary.host, port=primary.port, **_CONNECTION))
+        else:
+            self._redis = aioredis.from_url(self.url, **_CONNECTION)
+            self._add_subscriber("redis", aioredis.from_url(self.url, **_CONNECTION))
+        self._scripts = {name: self._redis.register_script(text) for name, text in scripts.items()}
         try:
-            await r.zadd(self.nodes_key, {self.node_id: _ms()})
+            await self._redis.zadd(self.nodes_key, {self.node_id: _ms()})
             self._healthy = True
         except (RedisError, OSError) as exc:
             log.warning("redis unreachable at start (%s); retrying in the background", exc)
-        self._tasks = [asyncio.create_task(self._read_forever(), name="bus-reader"),
-                       asyncio.create_task(self._heartbeat_forever(), name="bus-heartbeat"),
+        self._tasks = [asyncio.create_task(self._heartbeat_forever(), name="bus-heartbeat"),
                        asyncio.create_task(self._sweep_forever(), name="bus-sweeper")]
         deadline = time.monotonic() + 5
         while not self.ready and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
+    def _add_subscriber(self, name: str, client: aioredis.Redis) -> None:
+        sub = Subscriber(client, name=name, sharded=self.clustered, on_message=self._on_message,
+                         on_reconnect=self._on_reconnect)
+        self._subscribers[name] = sub
+        sub.start()
+
+    def _subscriber_for(self, channel: bytes) -> Subscriber:
+        if not self.clustered:
+            return self._subscribers["redis"]
+        name = self._redis.get_node_from_key(channel).name
+        sub = self._subscribers.get(name)
+        if sub is None:
+            raise BusUnavailable(f"no pub/sub connection to {name} (the cluster changed?)")
+        return sub
+
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sub in self._subscribers.values():
+            await sub.close()
         if self._redis is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.zrem(self.nodes_key, self.node_id)
-            if self._pubsub is not None:
-                with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.aclose()
             await self._redis.aclose()
 
     @contextlib.asynccontextmanager
-    async def _guard(self) -> AsyncIterator[aioredis.Redis]:
+    async def _guard(self) -> AsyncIterator[Any]:
         """Redis trouble becomes BusUnavailable; success marks the bus healthy again."""
         if self._redis is None:
             raise BusUnavailable("the bus is not started")
@@ -242,13 +290,12 @@ class RedisBus(Bus):
         if not targets:
             return False
         now = _ms()
-        async with self._guard() as r:
-            pipe = r.pipeline(transaction=False)
-            for member in targets:
-                state, inbox, _, channel = self._peer_keys(member)
-                await self._scripts["SEND"](keys=[state, inbox, channel], args=[body, self.inbox_limit, now, self._ttl_ms],
-                                            client=pipe)
-            results = await pipe.execute()
+        calls = []
+        for member in targets:
+            state, inbox, _, channel = self._peer_keys(member)
+            calls.append(("SEND", [state, inbox, channel], [body, self.inbox_limit, now, self._ttl_ms]))
+        async with self._guard():
+            results = await self._run_scripts(calls)
         ghosts = [m for m, res in zip(targets, results) if res[0] == 0]
         if ghosts and repair and not self._settling():  # left without their rooms being cleaned (a crash mid-way): repair now
             for ghost in ghosts:
@@ -298,80 +345,47 @@ class RedisBus(Bus):
     # -- pub/sub ---------------------------------------------------------------------
     async def _subscribe(self, channel: bytes, peer: str) -> None:
         self._channel_peer[channel] = peer
-        if not self._subscribed or self._pubsub is None:
-            raise BusUnavailable("the bus is reconnecting")
-        waiter = self._sub_waiters[channel] = asyncio.get_running_loop().create_future()
-        try:
-            await self._pubsub.subscribe(channel)
-            await asyncio.wait_for(asyncio.shield(waiter), timeout=3.0)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            raise BusUnavailable(f"subscribe failed: {exc!r}") from exc
-        finally:
-            if self._sub_waiters.get(channel) is waiter:
-                del self._sub_waiters[channel]
+        await self._subscriber_for(channel).subscribe(channel)
 
     async def _unsubscribe(self, channel: bytes) -> None:
         self._channel_peer.pop(channel, None)
-        if self._pubsub is not None and self._subscribed:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.unsubscribe(channel)
+        with contextlib.suppress(BusUnavailable):
+            await self._subscriber_for(channel).unsubscribe(channel)
 
-    async def _read_forever(self) -> None:
-        backoff, connected_before = 0.05, False
-        while True:
-            pubsub = None
-            try:
-                assert self._redis is not None
-                pubsub = self._redis.pubsub()
-                await pubsub.subscribe(self.control, *self._channel_peer)
-                self._pubsub = pubsub
-                if connected_before:
-                    log.info("bus reconnected; %d channels subscribed again", len(self._channel_peer) + 1)
-                    if self.metrics is not None:
-                        self.metrics.bus_reconnects.inc()
-                    await self._recover()  # before any operation is let through again
-                self._subscribed = True
-                connected_before, backoff = True, 0.05
-                while True:
-                    msg = await pubsub.get_message(timeout=1.0)
-                    if msg is not None:
-                        self._on_pubsub(msg)
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                if self._subscribed:
-                    log.warning("bus pub/sub connection lost: %s", exc)
-                self._subscribed = False
-                self._healthy = False
-            except Exception:
-                log.exception("bus reader failed; restarting it")
-                self._subscribed = False
-            finally:
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
-            await asyncio.sleep(backoff * (1 + random.random()))
-            backoff = min(backoff * 2, 2.0)
-
-    def _on_pubsub(self, msg: dict[str, Any]) -> None:
-        kind, channel = msg["type"], msg["channel"]
-        if kind == "subscribe":
-            waiter = self._sub_waiters.get(channel)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-            return
-        if kind != "message":
-            return
+    def _on_message(self, channel: bytes, data: bytes) -> None:
         peer = self._channel_peer.get(channel)
         if peer is None:
             return
         try:
-            env = envelope.unpack(msg["data"])
+            env = envelope.unpack(data)
         except envelope.EnvelopeError as exc:
             log.warning("dropping a bad envelope on %r: %s", channel, exc)
             return
         for local in list(self._local.get(peer, ())):
             self._handle(local, env)
+
+    async def _on_reconnect(self, sub: Subscriber) -> None:
+        if self.metrics is not None:
+            self.metrics.bus_reconnects.inc()
+        await self._recover()
+
+    async def _run_scripts(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """Several scripts in one round trip: a pipeline on one Redis, concurrent calls on a
+        cluster (each goes to the shard of its keys)."""
+        if not calls:
+            return []
+        if self.clustered:
+            return list(await asyncio.gather(*(self._scripts[n](keys=k, args=a) for n, k, a in calls)))
+        pipe = self._redis.pipeline(transaction=False)
+        for name, keys, args in calls:
+            await self._scripts[name](keys=keys, args=args, client=pipe)
+        return list(await pipe.execute())
+
+    async def _orphan(self, node: str, peers: list[str], deadline: int) -> list[str]:
+        """Peers `node` held and can no longer serve: reconnecting from now, grace until `deadline`."""
+        hits = await self._run_scripts([("ORPHAN", list(self._peer_keys(p)[:3]), [node, deadline, self._ttl_ms])
+                                        for p in peers])
+        return [p for p, hit in zip(peers, hits) if hit]
 
     def _handle(self, local: _Local, env: envelope.Envelope) -> None:
         if local.epoch is None:
@@ -389,20 +403,18 @@ class RedisBus(Bus):
     async def _recover(self) -> None:
         """After Redis comes back: make it agree with what this node holds, then fill gaps."""
         assert self._redis is not None
-        if await self._redis.zscore(self.nodes_key, self.node_id) is None:
-            await self._register_again()
+        await self._register_again()
         await self._reconcile()
         await self._redis.zadd(self.nodes_key, {self.node_id: _ms()})
         self._healthy = True
         await self._repair_gaps()
 
     async def _register_again(self) -> None:
-        """Redis lost this node (restarted empty, failed over, or swept it during a
-        partition): register every live connection, its rooms and this node again, with
-        no peer-joined/peer-left churn, and start the grace of peers it no longer holds."""
+        """Register every live connection, its rooms and this node again. Idempotent, so it
+        runs after every reconnect: Redis may have restarted empty, failed over to a lagging
+        replica, or swept this node during a partition. No peer-joined/peer-left churn."""
         r = self._redis
         assert r is not None
-        self._settle_until = time.monotonic() + self.node_ttl
         restored = 0
         for peer, locals_ in list(self._local.items()):
             live = [x for x in locals_ if x.epoch is not None]
@@ -415,15 +427,17 @@ class RedisBus(Bus):
             if res == 0:
                 local.mailbox.replaced()  # a newer connection took the peer meanwhile
                 continue
-            restored += 1
-            pipe = r.pipeline(transaction=False)
-            pipe.sadd(self._node_peers_key(self.node_id), peer)
-            pipe.zrem(self.grace_key, peer)
-            for room in local.rooms:
-                pipe.sadd(rooms, room)
-                pipe.sadd(self._room_key(room), peer)
-            await pipe.execute()
-        log.warning("registered %d live peers again after Redis lost this node", restored)
+            restored += res == 2
+            await r.sadd(self._node_peers_key(self.node_id), peer)
+            await r.zrem(self.grace_key, peer)
+            if local.rooms:
+                await r.sadd(rooms, *local.rooms)
+                for room in local.rooms:
+                    await r.sadd(self._room_key(room), peer)
+        if restored:
+            # other nodes are restoring theirs too: give them a heartbeat before trusting "no such peer"
+            self._settle_until = time.monotonic() + self.node_ttl
+            log.warning("Redis had lost %d live peers of this node: registered them again", restored)
 
     async def _reconcile(self) -> None:
         """Peers Redis still places on this node that ended while it was unreachable
@@ -435,11 +449,7 @@ class RedisBus(Bus):
         if not gone:
             return
         deadline = _ms() + int(self.grace * 1000)
-        pipe = r.pipeline(transaction=False)
-        for peer in gone:
-            await self._scripts["ORPHAN"](keys=list(self._peer_keys(peer)[:3]),
-                                          args=[self.node_id, deadline, self._ttl_ms], client=pipe)
-        orphaned = [p for p, hit in zip(gone, await pipe.execute()) if hit]
+        orphaned = await self._orphan(self.node_id, gone, deadline)
         if orphaned:
             await r.zadd(self.grace_key, {p: deadline for p in orphaned})
         await r.srem(self._node_peers_key(self.node_id), *gone)
@@ -462,7 +472,8 @@ class RedisBus(Bus):
             try:
                 assert self._redis is not None
                 if await self._redis.zscore(self.nodes_key, self.node_id) is None:
-                    await self._register_again()
+                    self._settle_until = time.monotonic() + self.node_ttl
+                    await self._register_again()  # Redis lost this node without a disconnect
                     await self._reconcile()
                 await self._redis.zadd(self.nodes_key, {self.node_id: _ms()})
                 self._healthy = True
@@ -498,11 +509,7 @@ class RedisBus(Bus):
             peers = [p.decode() for p in await r.smembers(self._node_peers_key(node))]
             deadline = now + int(self.grace * 1000)
             if peers:
-                pipe = r.pipeline(transaction=False)
-                for peer in peers:
-                    await self._scripts["ORPHAN"](keys=list(self._peer_keys(peer)[:3]),
-                                                  args=[node, deadline, self._ttl_ms], client=pipe)
-                orphaned = [p for p, hit in zip(peers, await pipe.execute()) if hit]
+                orphaned = await self._orphan(node, peers, deadline)
                 if orphaned:
                     await r.zadd(self.grace_key, {p: deadline for p in orphaned})
                 log.warning("node %s stopped answering: %d of its peers are reconnecting", node, len(orphaned))

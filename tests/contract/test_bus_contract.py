@@ -55,7 +55,16 @@ def redis_bus(request: pytest.FixtureRequest) -> Bus:
                     prefix=request.getfixturevalue("key_prefix"))
 
 
-BUSES: dict[str, Callable[[pytest.FixtureRequest], Bus]] = {"memory": memory_bus, "redis": redis_bus}
+def redis_cluster_bus(request: pytest.FixtureRequest) -> Bus:
+    from signaling.bus.redis import RedisBus
+
+    servers = request.getfixturevalue("redis_cluster")  # a real 3-primary Redis Cluster
+    return RedisBus(servers.url, node_id="node-1", grace=GRACE, inbox_limit=4,
+                    prefix=request.getfixturevalue("key_prefix"))
+
+
+BUSES: dict[str, Callable[[pytest.FixtureRequest], Bus]] = {
+    "memory": memory_bus, "redis": redis_bus, "redis-cluster": redis_cluster_bus}
 
 
 @pytest.fixture(params=sorted(BUSES))

@@ -182,3 +182,45 @@ async def test_killed_node_peers_leave_their_rooms_when_the_grace_runs_out(clust
     await carol.send(type="message", to="bob", data=1, id=1)
     await carol.expect("error", code="peer-unavailable", id=1)
     await bob.http.close()
+
+
+async def test_on_redis_cluster_with_sharded_pubsub_only(redis_cluster, key_prefix, tmp_path, connect):
+    from support import NodeProcess
+
+    publish_before = redis_cluster.command_calls("publish")
+    nodes = [NodeProcess("--redis-url", redis_cluster.url, "--key-prefix", key_prefix, "--node-id", f"c{i}")
+             .start(tmp_path) for i in (1, 2, 3)]
+    try:
+        for n in nodes:
+            await n.wait_ready()
+        peers = [f"peer-{i}" for i in range(9)]  # spread over the three shards
+        clients = [await connect(nodes[i % 3].ws_base, peer=p) for i, p in enumerate(peers)]
+        for c in clients:
+            await c.send(type="join", room="spread")
+            await c.expect("joined")
+        for i, c in enumerate(clients):
+            for _ in range(len(clients) - 1 - i):
+                await c.expect("peer-joined")
+        for i, c in enumerate(clients):
+            nxt = peers[(i + 1) % len(peers)]
+            await c.send(type="message", to=nxt, data=f"{i}->{nxt}", id=i)
+        for i, c in enumerate(clients):
+            got = sorted([await c.recv(), await c.recv()], key=lambda m: m["type"])
+            prev = (i - 1) % len(peers)
+            assert got[0] == {"type": "ack", "id": i}
+            assert got[1]["data"] == f"{prev}->{peers[i]}"
+        await clients[0].send(type="message", room="spread", data="all", id="r")
+        await clients[0].expect("ack", id="r")
+        for c in clients[1:]:
+            await c.expect("message", data="all")
+        # a takeover across nodes, on the cluster too
+        again = await connect(nodes[1].ws_base, peer="peer-0")
+        assert await clients[0].closed() == 4409
+        await clients[1].send(type="message", to="peer-0", data="to the new one", id="t")
+        await clients[1].expect("ack", id="t")
+        await again.expect("message", data="to the new one")
+        assert redis_cluster.command_calls("spublish") > 0
+        assert redis_cluster.command_calls("publish") == publish_before  # never broadcast to every shard
+    finally:
+        for n in nodes:
+            n.stop()
