@@ -3,16 +3,20 @@
 Everything that can refuse a connection does so before the upgrade, with an HTTP
 status and a JSON body: 503 while draining, when the node is full or when the bus is
 down; 401 for auth; 400 for bad parameters; 426 for a plain HTTP request to /ws.
+
+Behind a proxy the socket's peer is the proxy; `X-Forwarded-For` / `X-Real-IP` name the
+client only when that peer is one of `--trusted-proxies` (see `client_address`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterable, Sequence
 
 from aiohttp import web
 
@@ -28,6 +32,56 @@ from .session import Session
 log = logging.getLogger("signaling.app")
 STATIC = Path(__file__).parent / "static"
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as proxies write it: `1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]:5678`; else None."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def client_address(peer: str | None, forwarded_for: Iterable[str], real_ip: str | None,
+                   trusted: Sequence[Network]) -> str | None:
+    """The client's address: `peer` (the socket's), unless `peer` is a trusted proxy.
+
+    From a trusted proxy, `X-Forwarded-For` is read right to left and the first hop that
+    is not itself a trusted proxy is the client (what nginx's `real_ip_recursive on`
+    does), so a client cannot pose as another address by sending the header itself;
+    without that header, `X-Real-IP`. Anything unparsable stops the walk at the last
+    address a trusted proxy vouched for.
+    """
+    def is_trusted(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in trusted)
+
+    here = _ip(peer) if peer else None
+    if here is None or not trusted or not is_trusted(here):
+        return peer
+    hops = [hop for value in forwarded_for for hop in value.split(",") if hop.strip()]
+    if not hops:
+        vouched = _ip(real_ip) if real_ip else None
+        return str(vouched) if vouched is not None else peer
+    for hop in reversed(hops):
+        addr = _ip(hop)
+        if addr is None:
+            return str(here)
+        here = addr
+        if not is_trusted(addr):
+            return str(addr)
+    return str(here)  # every hop is a proxy of ours: the leftmost is as far as we can see
+
+
+CLIENT = web.RequestKey("client", str)  # the client's address after trusted proxies (for the logs)
+
 
 class Node:
     """What every connection on this node shares."""
@@ -42,6 +96,7 @@ class Node:
         self.tasks: set[asyncio.Task[Any]] = set()  # handler tasks of those connections
         self.cleanups: set[asyncio.Future[None]] = set()  # session endings still running (detach)
         self.draining = False
+        self.trusted_proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
         self._static_ice = json.loads(settings.ice_servers)
 
     @property
@@ -53,10 +108,16 @@ class Node:
         return ice_servers(self._static_ice, s.turn_urls, s.turn_secret, s.turn_ttl, peer, time.time())
 
     async def drain(self) -> None:
-        """Leave the load balancer (/readyz 503), then close every socket with 1001,
-        spread over `drain_window` seconds, and wait for the sessions to end."""
+        """Leave the load balancer (/readyz 503 and new upgrades refused with 503), wait
+        `drain_delay` seconds for it to notice while open connections carry on, then close
+        every socket with 1001, spread over `drain_window` seconds (so the clients do not
+        all reconnect at once), and wait for the sessions to end. Each peer enters its
+        grace and resumes wherever the load balancer sends it."""
         self.draining = True
         self.metrics.draining.set(1)
+        if self.settings.drain_delay:
+            log.info("draining: /readyz answers 503; first close in %.1fs", self.settings.drain_delay)
+            await asyncio.sleep(self.settings.drain_delay)
         sessions = list(self.sessions)
         log.info("draining %d connections over %.1fs", len(sessions), self.settings.drain_window)
         step = self.settings.drain_window / len(sessions) if sessions else 0.0
@@ -76,6 +137,18 @@ NODE = web.AppKey("node", Node)
 
 def _json_error(status: int, error: str, message: str) -> web.Response:
     return web.json_response({"error": error, "message": message}, status=status)
+
+
+@web.middleware
+async def forwarded(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Name the client for the access log, trusting proxy headers only from trusted proxies."""
+    node = request.app[NODE]
+    if node.trusted_proxies:
+        client = client_address(request.remote, request.headers.getall("X-Forwarded-For", ()),
+                                request.headers.get("X-Real-IP"), node.trusted_proxies)
+        if client:
+            request[CLIENT] = client
+    return await handler(request)
 
 
 @web.middleware
@@ -150,6 +223,7 @@ async def metrics(request: web.Request) -> web.Response:
     node = request.app[NODE]
     node.metrics.ready.set(1 if node.ready else 0)
     node.metrics.expired.set(node.bus.expired_messages())
+    node.metrics.peers.set(node.bus.local_peers())
     return web.Response(body=node.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -168,7 +242,7 @@ def create_app(settings: Settings, bus: buses.Bus | None = None) -> web.Applicat
     if bus is None:
         bus = buses.from_settings(settings, counters)
     node = Node(settings, bus, counters)
-    app = web.Application(middlewares=[json_errors])
+    app = web.Application(middlewares=[forwarded, json_errors])
     app[NODE] = node
 
     async def bus_lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -14,6 +14,7 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.connections = Gauge("signaling_connections", "Open WebSocket connections on this node.", registry=r)
+        self.peers = Gauge("signaling_peers", "Peers connected to this node (as the bus routes to them).", registry=r)
         self.connects = Counter("signaling_connects", "Accepted WebSocket connections.", ["resumed"], registry=r)
         self.rejected = Counter("signaling_connections_rejected", "Connections refused before the upgrade.", ["reason"], registry=r)
         self.closes = Counter("signaling_closes", "Connections ended, by close code.", ["code"], registry=r)

@@ -85,6 +85,9 @@ class Session:
     def replaced(self) -> None:
         self.close(CloseCode.REPLACED, "replaced by a newer connection")
 
+    def lost(self) -> None:
+        self.close(CloseCode.INTERNAL, "missed messages while the cluster reconnected; resume")
+
     # -- lifecycle -----------------------------------------------------------------
     async def run(self, resume: str | None) -> None:
         self._writer = asyncio.create_task(self._write_loop())

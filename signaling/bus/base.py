@@ -41,6 +41,11 @@ class Mailbox(Protocol):
 
     def replaced(self) -> None: ...
 
+    def lost(self) -> None:
+        """The bus missed deliveries it cannot recover for this connection (its inbox
+        bound was exceeded while the bus was reconnecting): close it so the client
+        resumes and learns whether it must renegotiate."""
+
 
 class Bus(abc.ABC):
     node_id: str
@@ -49,6 +54,10 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     def ready(self) -> bool:
         """True while the bus can route (its backend is connected)."""
+
+    def local_peers(self) -> int:
+        """Peers connected to this node."""
+        return 0
 
     def expired_messages(self) -> int:
         """Messages dropped before a reconnecting peer got them (grace ran out, or the bound)."""

@@ -23,6 +23,9 @@ class MemoryBus(Bus):
     def ready(self) -> bool:
         return True
 
+    def local_peers(self) -> int:
+        return len(self._mailboxes)
+
     def expired_messages(self) -> int:
         return self.directory.expired_messages
 

@@ -59,6 +59,11 @@ def _ms() -> int:
     return int(time.time() * 1000)
 
 
+def _seq(text: str) -> tuple[int, int]:
+    ms, _, n = text.partition("-")
+    return int(ms), int(n or 0)
+
+
 def cluster_nodes(url: str) -> list[tuple[str, int]]:
     """`redis+cluster://h1:p1,h2:p2` -> [(h1, p1), (h2, p2)]."""
     rest = url.partition("://")[2].split("/")[0].split("@")[-1]
@@ -119,6 +124,9 @@ class RedisBus(Bus):
     def ready(self) -> bool:
         return self._subscribed and self._healthy
 
+    def local_peers(self) -> int:
+        return len(self._local)
+
     def expired_messages(self) -> int:
         return self._expired
 
@@ -176,11 +184,14 @@ class RedisBus(Bus):
             await self._redis.aclose()
 
     @contextlib.asynccontextmanager
-    async def _guard(self) -> AsyncIterator[Any]:
-        """Redis trouble becomes BusUnavailable; success marks the bus healthy again."""
+    async def _guard(self, strict: bool = True) -> AsyncIterator[Any]:
+        """Redis trouble becomes BusUnavailable; success marks the bus healthy again.
+
+        `strict`: also refuse while a pub/sub connection is recovering, for operations
+        whose answer depends on room membership that recovery may still restore."""
         if self._redis is None:
             raise BusUnavailable("the bus is not started")
-        if not self._subscribed:
+        if strict and not self._subscribed:
             raise BusUnavailable("the bus is reconnecting")
         try:
             yield self._redis
@@ -246,15 +257,15 @@ class RedisBus(Bus):
     async def send(self, to: str, body: bytes) -> Result:
         state, inbox, _, channel = self._peer_keys(to)
         try:
-            async with self._guard():
+            async with self._guard(strict=False):  # a pub/sub blip here does not stop sending
                 res = await self._scripts["SEND"](keys=[state, inbox, channel],
                                                   args=[body, self.inbox_limit, _ms(), self._ttl_ms])
         except BusUnavailable:
             if self._deliver_here(to, body):
                 return Result(Outcome.DELIVERED)
             raise
-        if res[0] == 0 and self._settling():
-            raise BusUnavailable("Redis was reset; nodes are registering their peers again")
+        if res[0] == 0 and (self._settling() or not self._subscribed):
+            raise BusUnavailable("Redis may have been reset; nodes are registering their peers again")
         return Result((Outcome.NO_PEER, Outcome.DELIVERED, Outcome.QUEUED)[res[0]])
 
     def _settling(self) -> bool:
@@ -403,6 +414,10 @@ class RedisBus(Bus):
     async def _recover(self) -> None:
         """After Redis comes back: make it agree with what this node holds, then fill gaps."""
         assert self._redis is not None
+        if await self._redis.zscore(self.nodes_key, self.node_id) is None:
+            # Redis lost this node (reset, failover, or swept during a partition); the other
+            # nodes are restoring theirs too: give them a heartbeat before trusting "no such peer"
+            self._settle_until = time.monotonic() + self.node_ttl
         await self._register_again()
         await self._reconcile()
         await self._redis.zadd(self.nodes_key, {self.node_id: _ms()})
@@ -435,7 +450,6 @@ class RedisBus(Bus):
                 for room in local.rooms:
                     await r.sadd(self._room_key(room), peer)
         if restored:
-            # other nodes are restoring theirs too: give them a heartbeat before trusting "no such peer"
             self._settle_until = time.monotonic() + self.node_ttl
             log.warning("Redis had lost %d live peers of this node: registered them again", restored)
 
@@ -455,14 +469,19 @@ class RedisBus(Bus):
         await r.srem(self._node_peers_key(self.node_id), *gone)
 
     async def _repair_gaps(self) -> None:
-        """After a reconnect: hand each live connection what reached its inbox meanwhile."""
+        """After a reconnect: hand each live connection what reached its inbox meanwhile.
+        A connection whose gap the inbox bound has cut into is told it `lost()` messages."""
         assert self._redis is not None
         for peer, locals_ in list(self._local.items()):
             for local in locals_:
                 if local.epoch is None:
                     continue
-                entries = await self._redis.xrange(self._peer_keys(peer)[1], f"({local.last_seq}", "+")
-                for seq, fields in entries:
+                state, inbox, _, _ = self._peer_keys(peer)
+                trimmed = await self._redis.hget(state, "trimmed")
+                if trimmed is not None and _seq(trimmed.decode()) > _seq(local.last_seq):
+                    local.mailbox.lost()
+                    continue
+                for seq, fields in await self._redis.xrange(inbox, f"({local.last_seq}", "+"):
                     self._handle(local, envelope.Envelope("d", local.epoch, seq.decode(), fields[b"b"]))
 
     # -- liveness ----------------------------------------------------------------------

@@ -34,6 +34,9 @@ class Box:
     def replaced(self) -> None:
         self.was_replaced = True
 
+    def lost(self) -> None:
+        raise AssertionError("the bus lost messages")
+
     async def wait(self, n: int, timeout: float = 2.0) -> list[dict]:
         async def enough() -> None:
             while len(self.got) < n:

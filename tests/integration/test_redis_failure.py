@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import aiohttp
@@ -118,6 +119,53 @@ async def test_redis_restart_empty_while_pairs_talk(own_redis, key_prefix, tmp_p
         assert bob2.welcome["resumed"] is False
         print(f"recovery measured: down {down:.2f}s, ready {recovered:.2f}s after restart "
               f"({time.monotonic() - restarted:.2f}s total)")
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+async def test_lost_subscription_is_detected_and_restored_without_loss(own_redis, key_prefix, tmp_path, connect):
+    """Redis cuts pub/sub clients off (client-output-buffer-limit pubsub, CLIENT KILL, a
+    proxy restart): the node notices, subscribes again and fills the gap from the inbox."""
+    import redis as redis_sync
+
+    nodes = [NodeProcess("--redis-url", own_redis.url, "--key-prefix", key_prefix, "--node-id", f"k{i}",
+                         "--rate", "10000", "--burst", "10000").start(tmp_path) for i in (1, 2)]
+    admin = redis_sync.Redis.from_url(own_redis.url)
+    try:
+        for n in nodes:
+            await n.wait_ready()
+        alice, bob = await connect(nodes[0].ws_base, peer="alice"), await connect(nodes[1].ws_base, peer="bob")
+        sent = 0
+        for round_ in range(5):
+            for _ in range(20):
+                await alice.send(type="message", to="bob", data=sent, id=sent)
+                sent += 1
+            killed = admin.client_kill_filter(_type="pubsub")  # mid-burst
+            assert killed == 2  # both nodes' subscribers were cut off
+            for _ in range(20):
+                await alice.send(type="message", to="bob", data=sent, id=sent)
+                sent += 1
+            for _ in range(40):
+                assert (await alice.recv())["type"] == "ack"  # a pub/sub blip does not stop sending
+            for _ in range(100):  # both come back by themselves
+                await asyncio.sleep(0.05)
+                if len(admin.client_list(_type="pubsub")) == 2:
+                    break
+            else:
+                raise AssertionError("the subscribers did not come back")
+        got = []
+        with contextlib.suppress(asyncio.TimeoutError):
+            while len(got) < sent:
+                got.append((await bob.expect("message", timeout=5))["data"])
+        assert got == list(range(sent)), (len(got), nodes[1].log()[-3000:])  # exactly once, in order
+        await bob.silent(0.3)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{nodes[1].base}/metrics") as r:
+                text = await r.text()
+        reconnects = [line for line in text.splitlines() if line.startswith("signaling_bus_reconnects_total")]
+        assert float(reconnects[0].split()[-1]) >= 5
+        assert "signaling_bus_publish_latency_seconds_count" in text
     finally:
         for n in nodes:
             n.stop()

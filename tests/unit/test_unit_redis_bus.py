@@ -1,0 +1,71 @@
+"""Fast unit tests of the Redis bus's pieces, on fakeredis (the real thing is in tests/contract)."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from signaling import envelope
+from signaling.bus.redis import RedisBus, _Local, cluster_nodes
+
+
+class Box:
+    def __init__(self) -> None:
+        self.got: list[tuple[str, bytes]] = []
+        self.was_lost = False
+
+    def deliver(self, seq: str, body: bytes) -> None:
+        self.got.append((seq, body))
+
+    def replaced(self) -> None:
+        raise AssertionError("not expected")
+
+    def lost(self) -> None:
+        self.was_lost = True
+
+
+def test_envelope_round_trip_and_version_check():
+    env = envelope.Envelope("d", 7, "1-2", b'{"type":"message"}', 1234.0)
+    assert envelope.unpack(envelope.pack(env)) == env
+    assert envelope.unpack(envelope.pack(envelope.Envelope("r", 3))) == envelope.Envelope("r", 3)
+    import msgpack
+
+    with pytest.raises(envelope.EnvelopeError):
+        envelope.unpack(msgpack.packb({"v": 2, "k": "d", "e": 1}))
+    with pytest.raises(envelope.EnvelopeError):
+        envelope.unpack(b"\xc1 not msgpack")
+
+
+def test_cluster_urls():
+    assert cluster_nodes("redis+cluster://10.0.0.1:7000,10.0.0.2:7001") == [("10.0.0.1", 7000), ("10.0.0.2", 7001)]
+    with pytest.raises(ValueError):
+        cluster_nodes("redis+cluster://nohost")
+
+
+def test_prefix_is_checked():
+    with pytest.raises(ValueError):
+        RedisBus("redis://x", node_id="n", grace=1, inbox_limit=1, prefix="bad{prefix}")
+
+
+async def _bus_with_inbox(entries: int, trimmed: str | None) -> tuple[RedisBus, Box, list[str]]:
+    bus = RedisBus("redis://unused", node_id="n1", grace=5, inbox_limit=10)
+    bus._redis = fakeredis.FakeAsyncRedis()  # noqa: SLF001
+    state, inbox, _, _ = bus._peer_keys("bob")  # noqa: SLF001
+    ids = [(await bus._redis.xadd(inbox, {"b": f"m{i}".encode()})).decode() for i in range(entries)]  # noqa: SLF001
+    if trimmed:
+        await bus._redis.hset(state, "trimmed", trimmed)  # noqa: SLF001
+    box = Box()
+    bus._local["bob"] = [_Local(box, epoch=1, last_seq=ids[1])]  # noqa: SLF001
+    return bus, box, ids
+
+
+async def test_gap_repair_hands_over_what_the_inbox_got_meanwhile():
+    bus, box, ids = await _bus_with_inbox(5, trimmed=None)
+    await bus._repair_gaps()  # noqa: SLF001
+    assert [seq for seq, _ in box.got] == ids[2:] and not box.was_lost
+
+
+async def test_gap_repair_reports_a_gap_the_bound_cut_into():
+    bus, box, ids = await _bus_with_inbox(5, trimmed="99999999999999-0")
+    await bus._repair_gaps()  # noqa: SLF001
+    assert box.was_lost and box.got == []
