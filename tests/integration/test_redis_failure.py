@@ -169,3 +169,38 @@ async def test_lost_subscription_is_detected_and_restored_without_loss(own_redis
     finally:
         for n in nodes:
             n.stop()
+
+
+async def test_reader_keeps_up_and_a_slow_consumer_is_cut_off_not_the_node(key_prefix, tmp_path, connect):
+    """With a tight pub/sub output buffer limit in Redis, a client that stops reading must not
+    slow the node's reader down (Redis would drop the whole node's subscription): its own
+    bounded send queue overflows and it alone is closed with 1011, to resume from its inbox."""
+    server = RedisServer(None, "--client-output-buffer-limit", "pubsub 256kb 128kb 2").start()
+    nodes = [NodeProcess("--redis-url", server.url, "--key-prefix", key_prefix, "--node-id", f"s{i}",
+                         "--rate", "100000", "--burst", "100000", "--send-queue", "64").start(tmp_path)
+             for i in (1, 2)]
+    try:
+        for n in nodes:
+            await n.wait_ready()
+        alice = await connect(nodes[0].ws_base, peer="alice")
+        carol = await connect(nodes[1].ws_base, peer="carol")
+        slow = await connect(nodes[1].ws_base, peer="slow")  # never reads again
+        blob = "x" * 8000
+        for i in range(4000):  # 32 MB for a reader that stopped: more than any socket buffer holds
+            await alice.send(type="message", to="slow", data=blob)
+            if i % 20 == 0:
+                await alice.send(type="message", to="carol", data=i // 20)
+        got = [(await carol.expect("message", timeout=10))["data"] for _ in range(200)]
+        assert got == list(range(200))  # the fast peer on the same node is unaffected
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{nodes[1].base}/metrics") as r:
+                text = await r.text()
+        value = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                 if line and not line.startswith("#")}
+        assert value["signaling_bus_reconnects_total"] == 0  # Redis never dropped the node's subscription
+        assert value["signaling_slow_consumers_total"] >= 1
+        assert await slow.closed(timeout=10) == 1011
+    finally:
+        for n in nodes:
+            n.stop()
+        server.kill()
