@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -46,6 +47,7 @@ class Settings:
     node_id: str = _opt("", "Name of this node, sent in `welcome.node` (default: hostname plus a random suffix).")
     tls_cert: str = _opt("", "PEM certificate chain: serve wss:// directly (where no proxy terminates TLS).", metavar="PATH")
     tls_key: str = _opt("", "PEM private key for --tls-cert.", metavar="PATH")
+    trusted_proxies: list = _opt([], "Proxies (addresses or CIDR networks) whose `X-Forwarded-For` / `X-Real-IP` name the client in logs; from anyone else those headers are ignored (repeatable; comma-separated in the environment).", metavar="CIDR")
     # -- cluster ---------------------------------------------------------------------
     redis_url: str = _opt("", "Bus to join: empty or memory:// for the embedded single-node bus; redis://host:port for nodes on one Redis; redis+cluster://host:port[,host:port...] for Redis Cluster (sharded pub/sub).", metavar="URL")
     key_prefix: str = _opt("signaling", "Prefix of every Redis key and channel, so several clusters can share one Redis.")
@@ -77,6 +79,7 @@ class Settings:
     send_queue: int = _opt(1024, "Outgoing frames buffered per connection; a consumer that falls further behind is closed with 1011 and resumes from its inbox.")
     max_connections: int = _opt(10000, "Connections per node; beyond it the upgrade is refused with HTTP 503.")
     heartbeat: float = _opt(25.0, "Seconds between server WebSocket pings (sent in `welcome.heartbeat`); no pong within half of it closes the socket.")
+    drain_delay: float = _opt(0.0, "On SIGTERM, answer /readyz with 503 for this many seconds before the first 1001 close, so a load balancer that polls it stops sending new clients first.")
     drain_window: float = _opt(0.0, "On SIGTERM, spread the 1001 closes over this many seconds (no reconnect thundering herd).")
     # -- logging ---------------------------------------------------------------------
     log_level: str = _opt("info", "debug, info, warning or error.")
@@ -144,9 +147,14 @@ class Settings:
                      "rate", "abuse_window", "grace", "heartbeat", "node_ttl"):
             if not getattr(self, name) > 0:  # written so that NaN fails too
                 raise ConfigError(f"--{_flag(name)} must be positive")
-        for name in ("drain_window", "jwt_leeway"):
+        for name in ("drain_delay", "drain_window", "jwt_leeway"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"--{_flag(name)} must be zero or more")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ConfigError(f"--trusted-proxies: {proxy!r} is not an IP address or CIDR network") from None
         if not re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", self.key_prefix):
             raise ConfigError("--key-prefix must be 1-64 characters of A-Z a-z 0-9 . _ : -")
         for name in ("rate", "abuse_window", "grace", "heartbeat", "node_ttl"):
