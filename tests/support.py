@@ -244,10 +244,10 @@ def _free_cluster_port() -> int:
 class RedisClusterServers:
     """A real 3-primary Redis Cluster: redis-server processes joined by `redis-cli --cluster create`."""
 
-    def __init__(self, directory: Path, primaries: int = 3) -> None:
+    def __init__(self, directory: Path, primaries: int = 3, replicas: int = 0) -> None:
         self.directory = directory
         self.servers: list[RedisServer] = []
-        self.primaries = primaries
+        self.primaries, self.replicas = primaries, replicas
 
     @property
     def url(self) -> str:
@@ -256,21 +256,26 @@ class RedisClusterServers:
     def start(self) -> RedisClusterServers:
         import shutil
 
-        for i in range(self.primaries):
+        for i in range(self.primaries * (1 + self.replicas)):
             port = _free_cluster_port()
             workdir = self.directory / f"redis-{port}"
             workdir.mkdir(parents=True, exist_ok=True)
             self.servers.append(RedisServer(port, "--cluster-enabled", "yes", "--cluster-config-file",
-                                            str(workdir / "nodes.conf"), "--dir", str(workdir)).start())
+                                            str(workdir / "nodes.conf"), "--dir", str(workdir),
+                                            "--cluster-node-timeout", "1000", "--repl-diskless-sync-delay", "0").start())
         cli = shutil.which("redis-cli")
         assert cli, "redis-cli is not installed (package redis-tools)"
         subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{s.port}" for s in self.servers],
-                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+                        "--cluster-replicas", str(self.replicas), "--cluster-yes"], check=True, capture_output=True,
+                       timeout=60)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             states = [subprocess.run([cli, "-p", str(s.port), "cluster", "info"], capture_output=True, text=True).stdout
                       for s in self.servers]
-            if all("cluster_state:ok" in st for st in states):
+            links = [subprocess.run([cli, "-p", str(s.port), "info", "replication"], capture_output=True,
+                                    text=True).stdout for s in self.servers]
+            synced = all("role:master" in info or "master_link_status:up" in info for info in links)
+            if all("cluster_state:ok" in st for st in states) and synced:  # replicas can take over
                 return self
             time.sleep(0.1)
         raise AssertionError("the Redis Cluster did not become ready")
@@ -278,6 +283,28 @@ class RedisClusterServers:
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+    def primary_of(self, key: str) -> RedisServer:
+        """The server that is primary for `key`'s slot right now."""
+        import shutil
+
+        cli = shutil.which("redis-cli") or "redis-cli"
+        for s in self.servers:
+            if s.proc is None or s.proc.poll() is not None:
+                continue
+            slot = int(subprocess.run([cli, "-p", str(s.port), "cluster", "keyslot", key],
+                                      capture_output=True, text=True).stdout)
+            for line in subprocess.run([cli, "-p", str(s.port), "cluster", "nodes"],
+                                       capture_output=True, text=True).stdout.splitlines():
+                fields = line.split()
+                if "master" not in fields[2] or "fail" in fields[2]:
+                    continue
+                for span in fields[8:]:
+                    lo, _, hi = span.partition("-")
+                    if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                        port = int(fields[1].split(":")[1].split("@")[0])
+                        return next(x for x in self.servers if x.port == port)
+        raise AssertionError(f"no primary for {key!r}")
 
     def command_calls(self, command: str) -> int:
         """How often `command` ran, summed over every primary (INFO commandstats)."""

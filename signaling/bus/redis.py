@@ -92,6 +92,7 @@ class RedisBus(Bus):
         self._local: dict[str, list[_Local]] = {}  # peer id -> its connections on this node
         self._channel_peer: dict[bytes, str] = {}  # channel name -> peer id, for subscribed channels
         self._healthy = False  # the last command connection use succeeded
+        self._topology_lock = asyncio.Lock()  # cluster: one topology refresh at a time
         self._settle_until = 0.0  # monotonic; before it, Redis may still miss peers other nodes re-register
         self._tasks: list[asyncio.Task[None]] = []
         self._expired = 0
@@ -157,11 +158,50 @@ class RedisBus(Bus):
         while not self.ready and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
-    def _add_subscriber(self, name: str, client: aioredis.Redis) -> None:
+    def _add_subscriber(self, name: str, client: aioredis.Redis) -> Subscriber:
         sub = Subscriber(client, name=name, sharded=self.clustered, on_message=self._on_message,
-                         on_reconnect=self._on_reconnect)
+                         on_reconnect=self._on_reconnect, on_lost=self._on_lost if self.clustered else None)
         self._subscribers[name] = sub
         sub.start()
+        return sub
+
+    async def _on_lost(self, lost: Subscriber) -> None:
+        """Cluster: a primary's pub/sub connection dropped. If the cluster has failed over
+        (or moved slots), follow it: subscribe each channel on the primary that owns its
+        slot now, drop subscribers of servers that are no longer primaries."""
+        async with self._topology_lock:
+            try:
+                await self._redis.nodes_manager.initialize()
+            except (RedisError, OSError) as exc:
+                log.info("cluster topology not readable yet: %s", exc)
+                return
+            primaries = {p.name: p for p in self._redis.get_primaries()}
+            moved = 0
+            for channel in list(self._channel_peer):
+                owner = self._redis.get_node_from_key(channel).name
+                target = self._subscribers.get(owner)
+                if target is None:
+                    node = primaries[owner]
+                    target = self._add_subscriber(owner, aioredis.Redis(host=node.host, port=node.port, **_CONNECTION))
+                if channel not in target.channels:
+                    for sub in self._subscribers.values():
+                        sub.channels.discard(channel)
+                    target.channels.add(channel)  # its reader subscribes it on (re)connect
+                    if target.up:
+                        with contextlib.suppress(BusUnavailable):
+                            await target.subscribe(channel)
+                    moved += 1
+            stale = [self._subscribers.pop(n) for n in list(self._subscribers) if n not in primaries]
+            for name, node in primaries.items():
+                if name not in self._subscribers:
+                    self._add_subscriber(name, aioredis.Redis(host=node.host, port=node.port, **_CONNECTION))
+            if moved:
+                log.warning("cluster changed: %d channels now on other primaries", moved)
+                self._settle_until = time.monotonic() + self.node_ttl
+                with contextlib.suppress(RedisError, OSError):
+                    await self._repair_gaps()
+        for sub in stale:  # last: the caller may be one of them, and closing cancels it
+            asyncio.ensure_future(sub.close())
 
     def _subscriber_for(self, channel: bytes) -> Subscriber:
         if not self.clustered:

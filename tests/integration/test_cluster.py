@@ -224,3 +224,43 @@ async def test_on_redis_cluster_with_sharded_pubsub_only(redis_cluster, key_pref
     finally:
         for n in nodes:
             n.stop()
+
+
+async def test_redis_cluster_failover_is_followed(key_prefix, tmp_path, connect):
+    """A primary dies; its replica takes over. The nodes follow the new topology: the peer
+    whose channel lived there is reachable again without reconnecting."""
+    from support import NodeProcess, RedisClusterServers
+
+    servers = RedisClusterServers(tmp_path / "rc", primaries=3, replicas=1).start()
+    nodes = [NodeProcess("--redis-url", servers.url, "--key-prefix", key_prefix, "--node-id", f"f{i}")
+             .start(tmp_path) for i in (1, 2)]
+    try:
+        for n in nodes:
+            await n.wait_ready()
+        alice, bob = await connect(nodes[0].ws_base, peer="alice"), await connect(nodes[1].ws_base, peer="bob")
+        await alice.send(type="message", to="bob", data="before", id=0)
+        await alice.expect("ack", id=0)
+        await bob.expect("message", data="before")
+        victim = servers.primary_of(f"{key_prefix}:{{p:bob}}")
+        victim.kill()
+        started = time.monotonic()
+        i, answers = 1, []
+        while True:  # keep trying until bob's shard is served again
+            await alice.send(type="message", to="bob", data=i, id=i)
+            reply = await alice.recv(timeout=10)
+            answers.append(reply)
+            if reply["type"] == "ack":
+                break
+            assert reply["code"] == "unavailable", reply  # never a false "peer-unavailable"
+            assert time.monotonic() - started < 30, "the failover was not followed"
+            i += 1
+            await asyncio.sleep(0.2)
+        print(f"\nfailover followed after {time.monotonic() - started:.2f}s")
+        assert (await bob.expect("message", timeout=5))["data"] == i  # refused ones never arrive
+        await bob.send(type="message", to="alice", data="back", id="b")
+        await bob.expect("ack", id="b")
+        await alice.expect("message", data="back")
+    finally:
+        for n in nodes:
+            n.stop()
+        servers.stop()
