@@ -159,10 +159,10 @@ class Directory:
         others = sorted(members - {peer})
         if peer in members:  # joining again changes nothing and tells nobody
             return Result(Outcome.OK, peers=others)
-        if len(members) >= room_limit:
-            return Result(Outcome.ROOM_FULL)
         if len(record.rooms) >= rooms_per_peer:
             return Result(Outcome.TOO_MANY_ROOMS)
+        if len(members) >= room_limit:
+            return Result(Outcome.ROOM_FULL)
         deliveries, _ = self._fan_out(peer, members, room_event("peer-joined", room, peer), now)
         members.add(peer)
         self.rooms[room] = members

@@ -156,7 +156,7 @@ class Session:
             await asyncio.gather(self._writer, return_exceptions=True)
         code = self._closing if self._closing is not None else self.ws.close_code
         final = self._client_closed or code in _FINAL_CLOSES
-        self.node.metrics.closes.labels(str(self.ws.close_code)).inc()
+        self.node.metrics.closes.labels(str(int(code)) if code is not None else "none").inc()
         if self.epoch and code is not CloseCode.REPLACED:
             try:
                 await self.node.bus.detach(self.peer, self.epoch, final=final, delivered=self._written)

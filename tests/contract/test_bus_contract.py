@@ -208,3 +208,12 @@ async def test_final_detach_leaves_rooms_at_once(bus):
     got = await a_box.wait(2)
     assert got[1] == {"type": "peer-left", "room": "r", "peer": "b"}
     assert (await bus.send("b", msg(1))).outcome is Outcome.NO_PEER
+
+
+async def test_too_many_rooms_is_checked_before_room_full(bus):
+    await bus.attach("a", Box())
+    await bus.attach("b", Box())
+    await bus.join("a", "full", room_limit=1, rooms_per_peer=9)
+    await bus.join("b", "mine", room_limit=9, rooms_per_peer=1)
+    result = await bus.join("b", "full", room_limit=1, rooms_per_peer=1)
+    assert result.outcome is Outcome.TOO_MANY_ROOMS
