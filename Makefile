@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install unit docs clean
+.PHONY: run test install unit docs bench clean
 
 $(BIN)/signaling: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ unit: install
 ## docs: regenerate the README's configuration reference from signaling/config.py
 docs: install
 	$(BIN)/signaling config-reference --readme README.md
+
+## bench: the benchmark suite (bench/README.md) into bench/results/; BENCH_ARGS=--quick for a smoke run
+bench: install
+	$(BIN)/pip install --quiet -e '.[bench]'
+	cd bench && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; }
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

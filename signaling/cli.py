@@ -1,4 +1,4 @@
-"""`signaling serve | token | config-reference`."""
+"""`signaling serve | token | cluster | config-reference`."""
 
 from __future__ import annotations
 
@@ -27,6 +27,22 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=float, default=None, help="lifetime in seconds (default: --token-ttl)")
     config.add_arguments(token)
 
+    cluster = sub.add_parser(
+        "cluster", help="run redis-server, N nodes and nginx in front of them on this machine (development, tests)",
+        description="Start redis-server (unless --redis-url), N `signaling serve` processes and nginx rendered "
+                    "from nginx/ with the nodes as its upstream; print the endpoint; Ctrl-C or SIGTERM drains the "
+                    "nodes and stops everything. Node flags go after `--`; SIGNALING_* variables reach every node.")
+    cluster.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    cluster.add_argument("--port", type=int, default=8080, help="port nginx listens on (default 8080; 0: any free port)")
+    cluster.add_argument("--host", default="127.0.0.1", help="address nginx listens on (default 127.0.0.1)")
+    cluster.add_argument("--redis-url", metavar="URL", help="join this Redis instead of starting a redis-server")
+    cluster.add_argument("--tls-port", type=int, help="also serve wss:// on this port (needs --tls-cert, --tls-key)")
+    cluster.add_argument("--tls-cert", default="", metavar="PATH", help="PEM certificate chain for --tls-port")
+    cluster.add_argument("--tls-key", default="", metavar="PATH", help="PEM private key for --tls-cert")
+    cluster.add_argument("--log-dir", metavar="DIR", help="keep the rendered config and every log here (default: a "
+                         "temporary directory, removed on exit)")
+    cluster.add_argument("node_args", nargs="*", metavar="-- NODE-FLAGS", help="flags for every `signaling serve`")
+
     ref = sub.add_parser("config-reference", help="print the configuration reference (markdown)")
     ref.add_argument("--readme", metavar="PATH", help="rewrite the reference section of this README instead")
     return parser
@@ -43,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             sys.stdout.write(config.reference_table())
         return 0
+    if args.command == "cluster":
+        return _cluster(args)
     try:
         settings = config.load(args)
     except config.ConfigError as exc:
@@ -63,6 +81,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from .launcher import LaunchError, LocalCluster, run
+
+    try:
+        cluster = LocalCluster(args.nodes, port=args.port, host=args.host, redis_url=args.redis_url,
+                               node_args=args.node_args, workdir=args.log_dir, tls_port=args.tls_port,
+                               tls_cert=args.tls_cert, tls_key=args.tls_key)
+    except LaunchError as exc:
+        print(f"signaling cluster: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(run(cluster))
 
 
 if __name__ == "__main__":

@@ -6,14 +6,33 @@ import asyncio
 import logging
 import signal
 import ssl
+from typing import Any
 
 from aiohttp import web
 
-from .app import NODE, create_app
+from .app import CLIENT, NODE, create_app
 from .config import Settings
 from .logs import AccessLogger
 
 log = logging.getLogger("signaling.server")
+
+
+class _AsSeen:
+    """A request whose `remote` is the client a trusted proxy named (everything else as is)."""
+
+    def __init__(self, request: web.BaseRequest, remote: str) -> None:
+        self._request, self.remote = request, remote
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+class ProxyAwareAccessLogger(AccessLogger):
+    """The access log of `logs.AccessLogger`, with the client address behind a trusted proxy."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time_taken: float) -> None:
+        client = request.get(CLIENT)
+        super().log(_AsSeen(request, client) if client else request, response, time_taken)  # type: ignore[arg-type]
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -35,7 +54,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             "--jwt-public-key in production. ***"
         )
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=settings.drain_window + 20)
+    runner = web.AppRunner(app, access_log_class=ProxyAwareAccessLogger,
+                           shutdown_timeout=settings.drain_delay + settings.drain_window + 20)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context(settings),
                        backlog=settings.backlog, reuse_address=True)

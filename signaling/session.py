@@ -17,6 +17,7 @@ hands it to the newer connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -62,6 +63,9 @@ class Session:
         self._written: str | None = None  # last seq actually written to the socket
         self._out: asyncio.Queue[object] = asyncio.Queue(maxsize=s.send_queue + 16)
         self._closing: CloseCode | None = None
+        self._stopped = False  # the writer has been told to finish: nothing more is queued
+        self._idle = asyncio.Event()  # set while no client frame is being handled
+        self._idle.set()
         self._client_closed = False
         self._writer: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
@@ -72,6 +76,8 @@ class Session:
         if not self.started:
             self._pending.append((seq, body))
             return
+        if self._stopped:
+            return  # closing: it stays in the inbox for the next connection
         parsed = parse_seq(seq)
         if parsed is None or parsed <= self._last_seq:
             return  # seen already (replay and live delivery overlapped)
@@ -132,17 +138,21 @@ class Session:
         if self._closing is not None:
             return
         self._closing = code
-        if not self._out.full():
-            self._out.put_nowait(_STOP)
         self._closer = asyncio.ensure_future(self._close_socket(code, reason))
 
     async def _close_socket(self, code: CloseCode, reason: str) -> None:
-        # let the writer flush what is queued (bounded), then say goodbye
+        """Finish the frame being handled (its receipt goes out: a delivered message is
+        never left without its ack), let the writer flush (bounded), then say goodbye.
+        A slow consumer (1011) is cut off at once: its queue is full by definition."""
+        if code is not CloseCode.INTERNAL:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout=2.0)
+        self._stopped = True
+        if not self._out.full():
+            self._out.put_nowait(_STOP)
         if self._writer is not None and code is not CloseCode.INTERNAL:
-            try:
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
                 await asyncio.wait_for(asyncio.shield(self._writer), timeout=2.0)
-            except (asyncio.TimeoutError, Exception):
-                pass
         await self.ws.close(code=code, message=reason.encode())
 
     async def _finish(self) -> None:
@@ -169,6 +179,8 @@ class Session:
         ws = self.ws
         while True:
             msg = await ws.receive()
+            if self._closing is not None:
+                return  # closing: a frame not yet handled stays unhandled (and unacked), never half-done
             if msg.type is WSMsgType.TEXT:
                 effects = self.core.receive(msg.data, time.monotonic())
             elif msg.type is WSMsgType.BINARY:
@@ -180,7 +192,11 @@ class Session:
                     self._closing = self._closing or _close_code(msg.data.code)  # aiohttp closed it (1009)
                 return  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp closed it: 1009 for size)
             self.node.metrics.message_in(self.core.kind)
-            await self._perform(effects)
+            self._idle.clear()
+            try:
+                await self._perform(effects)
+            finally:
+                self._idle.set()
             if self._closing is not None:
                 return
 
@@ -219,7 +235,7 @@ class Session:
         m.messages_out.labels(reply.kind).inc()
         if reply.code is not None:
             m.errors.labels(reply.code).inc()
-        if self._closing is None:
+        if not self._stopped:
             try:
                 self._out.put_nowait((reply.frame, None))
             except asyncio.QueueFull:

@@ -57,22 +57,30 @@ async def test_the_token_decides_the_peer_id_not_the_query(jwt_node, connect):
     assert alice.peer == "alice"
 
 
-@pytest.mark.parametrize(("name", "token", "error"), [
-    ("missing", None, "missing-token"),
-    ("expired", _token(exp=int(time.time()) - 60), "token-expired"),
-    ("not yet valid", _token(nbf=int(time.time()) + 600), "invalid-token"),
-    ("wrong signature", jwt.encode({"sub": "alice", "exp": int(time.time()) + 60, "aud": "signaling",
-                                    "iss": "https://auth.example"}, "another-secret-of-at-least-32-bytes!!", algorithm="HS256"), "invalid-token"),
-    ("alg none", _b64({"alg": "none", "typ": "JWT"}) + "." + _b64({"sub": "alice", "exp": int(time.time()) + 60,
-                                                                   "aud": "signaling", "iss": "https://auth.example"}) + ".", "invalid-token"),
-    ("wrong aud", _token(aud="someone-else"), "invalid-token"),
-    ("wrong iss", _token(iss="https://evil.example"), "invalid-token"),
-    ("no exp", _token(exp=None), "invalid-token"),
-    ("bad sub", _token(sub="not a peer id"), "invalid-token"),
-    ("bad rooms", _token(rooms="lobby"), "invalid-token"),
-    ("garbage", "not.a.jwt", "invalid-token"),
-])
-async def test_rejected_tokens_get_401_json_before_the_upgrade(jwt_node, name, token, error):
+def _unsigned(**claims) -> str:
+    return _b64({"alg": "none", "typ": "JWT"}) + "." + _b64(claims) + "."
+
+
+# tokens are made when the test runs (a factory each): made at collection, the valid
+# parts of them would have expired by the time a long suite reaches this file
+@pytest.mark.parametrize(("name", "make", "error"), [
+    ("missing", lambda: None, "missing-token"),
+    ("expired", lambda: _token(exp=int(time.time()) - 60), "token-expired"),
+    ("not yet valid", lambda: _token(nbf=int(time.time()) + 600), "invalid-token"),
+    ("wrong signature", lambda: jwt.encode({"sub": "alice", "exp": int(time.time()) + 60, "aud": "signaling",
+                                            "iss": "https://auth.example"},
+                                           "another-secret-of-at-least-32-bytes!!", algorithm="HS256"), "invalid-token"),
+    ("alg none", lambda: _unsigned(sub="alice", exp=int(time.time()) + 60, aud="signaling",
+                                   iss="https://auth.example"), "invalid-token"),
+    ("wrong aud", lambda: _token(aud="someone-else"), "invalid-token"),
+    ("wrong iss", lambda: _token(iss="https://evil.example"), "invalid-token"),
+    ("no exp", lambda: _token(exp=None), "invalid-token"),
+    ("bad sub", lambda: _token(sub="not a peer id"), "invalid-token"),
+    ("bad rooms", lambda: _token(rooms="lobby"), "invalid-token"),
+    ("garbage", lambda: "not.a.jwt", "invalid-token"),
+], ids=lambda v: v if isinstance(v, str) else "")
+async def test_rejected_tokens_get_401_json_before_the_upgrade(jwt_node, name, make, error):
+    token = make()
     status, body = await _refused(jwt_node, params={"token": token} if token else None)
     assert status == 401
     assert body["error"] == error and body["message"]

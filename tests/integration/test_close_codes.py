@@ -112,3 +112,21 @@ async def test_heartbeat_closes_a_client_that_stops_answering(make_node, connect
     assert time.monotonic() - started < 2.0  # ping at 0.4 s, no pong within 0.2 s
     bus = make_node.nodes[node].bus
     await eventually(lambda: bus.directory.owner("alice")[1] is False)  # dropped: reconnecting, not gone
+
+
+async def test_a_frame_being_handled_when_the_node_drains_still_gets_its_receipt(make_node, connect):
+    from signaling.bus.memory import MemoryBus
+
+    class SlowBus(MemoryBus):
+        async def send(self, to, body):
+            await asyncio.sleep(0.3)  # the drain starts while this message is in flight
+            return await super().send(to, body)
+
+    node = await make_node(bus=SlowBus(node_id="n", grace=5, inbox_limit=10), node_id="n")
+    alice, bob = await connect(node, peer="alice"), await connect(node, peer="bob")
+    await alice.send(type="message", to="bob", data="in flight", id=1)
+    await asyncio.sleep(0.1)
+    drain = asyncio.ensure_future(make_node.nodes[node].drain())
+    await alice.expect("ack", id=1)  # delivered, so acked: the sender will not send it twice
+    assert await alice.closed() == 1001
+    await drain

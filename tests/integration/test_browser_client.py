@@ -1,0 +1,507 @@
+"""client.js in headless Chromium: its policy against a scripted socket, its perfect
+negotiation between two RTCPeerConnections with glare and lost frames forced by an
+in-page relay, and its sessions against real nodes (receipts, presence, takeover,
+token renewal, exactly-once delivery across a drain).
+
+Chromium runs inside a private network namespace (webrtc_support.py), so the
+RTCPeerConnections gather their candidates on the namespace's veth address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netns_support import NetNamespace
+from signaling.auth import mint
+from support import ROOT, SECRET, Client, NodeProcess
+from webrtc_support import VethNode, chromium, netns, wait_js  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+CLIENT_JS = (ROOT / "signaling" / "static" / "client.js").read_text()
+
+# A WebSocket stand-in the test scripts: `sockets` holds every one the client made.
+FAKE_SOCKET = """
+window.sockets = [];
+window.FakeSocket = class FakeSocket {
+  constructor(url) {
+    this.url = new URL(url); this.readyState = 0; this.sent = []; this.closedWith = null; sockets.push(this);
+  }
+  send(text) { if (this.readyState !== 1) throw new Error("not open"); this.sent.push(JSON.parse(text)); }
+  close(code, reason) { this.closedWith = { code, reason }; this.readyState = 3; }
+  // the server's side
+  deliver(frame) { this.onmessage && this.onmessage({ data: JSON.stringify(frame) }); }
+  welcome(extra = {}) {
+    this.readyState = 1;
+    this.onopen && this.onopen({});
+    this.deliver({ type: "welcome", peer: this.url.searchParams.get("peer") || "p", node: "n", iceServers: [],
+                   heartbeat: 25, resumed: false, ...extra });
+  }
+  drop(code, reason = "") { this.readyState = 3; this.onclose && this.onclose({ code, reason }); }
+  param(name) { return this.url.searchParams.get(name); }
+};
+window.sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+window.until = async (fn, ms = 3000) => {
+  const end = performance.now() + ms;
+  while (!fn()) { if (performance.now() > end) throw new Error("timed out: " + fn); await sleep(5); }
+};
+"""
+
+HARNESS = """<!doctype html><meta charset="utf-8"><title>client.js</title>
+<script>""" + FAKE_SOCKET + """</script>
+<script type="module">import * as sig from "/client.js"; window.sig = sig; window.ready = true;</script>"""
+
+
+async def scripted_page(browser: Any) -> Any:
+    """A page with client.js and the scripted socket, served by the test itself."""
+    page = await (await browser.new_context()).new_page()
+
+    async def serve(route: Any) -> None:
+        if route.request.url.endswith("/client.js"):
+            await route.fulfill(body=CLIENT_JS, content_type="text/javascript")
+        else:
+            await route.fulfill(body=HARNESS, content_type="text/html")
+
+    await page.route("http://client.test/**", serve)
+    await page.goto("http://client.test/")
+    await page.wait_for_function("window.ready === true", timeout=10_000)
+    return page
+
+
+@pytest.fixture
+async def page(chromium):  # noqa: F811
+    return await scripted_page(await chromium())
+
+
+# -- policy, against the scripted socket ------------------------------------------------
+
+
+async def test_pure_helpers(page):
+    result = await page.evaluate("""() => {
+      const { compareSeq, closeAction, backoffDelay } = sig;
+      const opts = { initial: 100, max: 1000 };
+      return {
+        seq: [compareSeq("9-0", "10-0"), compareSeq("1795813470482-10", "1795813470482-9"), compareSeq("5-1", "5-1"),
+              compareSeq("99999999999999999999-0", "100000000000000000000-0")],
+        actions: [1000, 1001, 1006, 1008, 1009, 1011, 4401, 4409, 4000].map(closeAction),
+        low: [0, 1, 2, 3, 10].map((a) => backoffDelay(a, opts, () => 0)),
+        high: [0, 1, 2, 3, 10].map((a) => backoffDelay(a, opts, () => 1)),
+      };
+    }""")
+    assert [v < 0 for v in result["seq"]] == [True, False, False, True]
+    assert result["seq"][1] > 0 and result["seq"][2] == 0
+    assert result["actions"] == ["stop", "now", "backoff", "stop", "stop", "backoff", "token", "stop", "backoff"]
+    assert result["low"] == [50, 100, 200, 400, 500]
+    assert result["high"] == [100, 200, 400, 800, 1000]
+
+
+async def test_deliveries_once_and_receipts(page):
+    result = await page.evaluate("""async () => {
+      const c = new sig.SignalingClient("ws://x.test/ws", { peer: "alice", WebSocket: FakeSocket });
+      const got = [], errors = [];
+      c.on("message", (m) => got.push(m.data));
+      c.on("error", (e) => errors.push(e.code));
+      const ready = c.connect();
+      const s = sockets[0];
+      s.welcome();
+      const welcome = await ready;
+      s.deliver({ type: "message", from: "bob", data: 1, seq: "100-0" });
+      s.deliver({ type: "message", from: "bob", data: 1, seq: "100-0" });          // the same seq again
+      s.deliver({ type: "message", from: "bob", data: 0, seq: "99-5" });           // an older one
+      s.deliver({ type: "message", from: "bob", data: 2, seq: "100-1", id: "~k.1" });
+      s.deliver({ type: "message", from: "bob", data: 2, seq: "100-2", id: "~k.1" }); // bob's client re-sent it
+      s.deliver({ type: "message", from: "carol", data: 3, seq: "100-3", id: "~k.1" }); // another sender's id
+      s.deliver({ type: "message", from: "bob", data: 4, seq: "100-4", id: 7 });
+      s.deliver({ type: "message", from: "bob", data: 5, seq: "100-5", id: 7 });    // app ids are the app's
+      const p1 = c.send({ type: "message", to: "bob", data: "x", id: "mine" });
+      const p2 = c.send({ type: "message", to: "nobody", data: "y" });
+      const [f1, f2] = s.sent.slice(-2);
+      s.deliver({ type: "ack", id: f1.id, queued: true });
+      s.deliver({ type: "error", id: f2.id, code: "peer-unavailable", message: "gone" });
+      s.deliver({ type: "error", code: "rate-limited", message: "slow down" });
+      const ack = await p1;
+      let rejected = null;
+      try { await p2; } catch (e) { rejected = { name: e.name, code: e.code, id: e.id, message: e.message }; }
+      return { url: s.url.search, welcome, got, ack, rejected, errors, ids: [f1.id, f2.id], lastSeq: c.lastSeq,
+               pending: c._pending.size };
+    }""")
+    assert result["url"] == "?peer=alice"  # no resume on a first connection
+    assert result["welcome"]["type"] == "welcome"
+    assert result["got"] == [1, 2, 3, 4, 5]
+    assert result["ack"] == {"id": result["ids"][0], "queued": True}
+    assert result["rejected"] == {"name": "SignalingError", "code": "peer-unavailable", "id": result["ids"][1],
+                                  "message": "gone"}
+    assert result["errors"] == ["rate-limited"]
+    first, second = result["ids"]
+    assert first.startswith("~") and second.startswith("~") and first != second  # the client's ids, always
+    assert result["lastSeq"] == "100-5"
+    assert result["pending"] == 0
+
+
+async def test_reconnects_resume_resend_and_rejoin(page):
+    result = await page.evaluate("""async () => {
+      const c = new sig.SignalingClient(["ws://a.test/ws", "ws://b.test/ws"],
+                                        { peer: "alice", WebSocket: FakeSocket, backoff: { initial: 400, max: 800 } });
+      const log = [];
+      for (const t of ["peer-joined", "peer-left", "resync", "state"]) {
+        c.on(t, (e) => log.push([t, e.peer ?? e.state ?? null]));
+      }
+      const presence = [];
+      c.on("presence", (p) => presence.push(p.peers));
+      c.connect();
+      sockets[0].welcome();
+      await until(() => c.state === "open");
+      const joining = c.join("r1");
+      const join = sockets[0].sent.at(-1);
+      sockets[0].deliver({ type: "joined", room: "r1", peers: ["bob", "carol"] });
+      sockets[0].deliver({ type: "ack", id: join.id });
+      const members = await joining;
+      sockets[0].deliver({ type: "peer-joined", room: "r1", peer: "dave", seq: "5-0" });
+      const inflight = c.send({ type: "message", to: "bob", data: "in flight" });
+      const inflightId = sockets[0].sent.at(-1).id;
+
+      // 1001: at once, to the next URL, resuming after the last seq processed
+      const t0 = performance.now();
+      sockets[0].drop(1001, "node draining");
+      await until(() => sockets.length === 2);
+      const drainDelay = performance.now() - t0;
+      const queued = c.send({ type: "message", to: "bob", data: "while away" });
+      sockets[1].welcome({ resumed: true });
+      const resent = sockets[1].sent.map((f) => [f.type, f.data ?? f.room, f.id]);
+      for (const f of sockets[1].sent) sockets[1].deliver({ type: "ack", id: f.id });
+      await Promise.all([inflight, queued]);
+
+      // 1011: after a jittered back-off (initial 400 ms: between 200 and 400)
+      const t1 = performance.now();
+      sockets[1].drop(1011, "internal error");
+      await until(() => sockets.length === 3);
+      const backoffDelay = performance.now() - t1;
+
+      // the session could not be resumed: resync, rejoin, and the snapshot's changes as events
+      sockets[2].welcome({ resumed: false });
+      const rejoin = sockets[2].sent.find((f) => f.type === "join");
+      sockets[2].deliver({ type: "joined", room: "r1", peers: ["bob", "erin"] });
+      sockets[2].deliver({ type: "ack", id: rejoin.id });
+      sockets[2].deliver({ type: "peer-joined", room: "r1", peer: "erin", seq: "6-0" }); // known already
+      return {
+        urls: sockets.map((s) => s.url.host), resume: sockets.map((s) => s.param("resume")),
+        members, drainDelay, backoffDelay, resent, inflightId, rejoin: rejoin.room, log, presence,
+        rooms: [...c.rooms.get("r1")].sort(),
+      };
+    }""")
+    assert result["members"] == ["bob", "carol"]
+    assert result["urls"] == ["a.test", "b.test", "b.test"]
+    assert result["resume"] == [None, "5-0", "5-0"]
+    assert result["drainDelay"] < 150
+    assert 190 <= result["backoffDelay"] <= 1000
+    # the frame the dead connection left unacknowledged, with its id, then the one that waited
+    assert result["resent"] == [["message", "in flight", result["inflightId"]],
+                                ["message", "while away", result["resent"][1][2]]]
+    assert result["rejoin"] == "r1"
+    events = [e for e in result["log"] if e[0] != "state"]
+    assert events == [["peer-joined", "dave"], ["resync", "alice"], ["peer-left", "carol"], ["peer-left", "dave"],
+                      ["peer-joined", "erin"]]
+    states = [e[1] for e in result["log"] if e[0] == "state"]
+    assert states == ["connecting", "open", "reconnecting", "open", "reconnecting", "open"]
+    assert result["presence"][0] == ["bob", "carol"] and result["presence"][-1] == ["bob", "erin"]
+    assert result["rooms"] == ["bob", "erin"]
+
+
+@pytest.mark.parametrize("code", [1000, 1008, 1009, 4409, 4401])
+async def test_final_close_codes_stop(page, code):
+    result = await page.evaluate("""async (code) => {
+      const c = new sig.SignalingClient("ws://x.test/ws", { peer: "alice", WebSocket: FakeSocket });
+      const closed = [];
+      c.on("closed", (e) => closed.push(e.code));
+      c.connect();
+      sockets[0].welcome();
+      const pending = c.send({ type: "message", to: "bob", data: 1 }).then(() => "acked", (e) => e.code);
+      sockets[0].drop(code, "bye");
+      await sleep(300);
+      return { state: c.state, closed, pending: await pending, sockets: sockets.length,
+               after: await c.send({ type: "ping" }).then(() => "sent", (e) => e.code) };
+    }""", code)
+    # 4401 without a getToken hook has nothing to reconnect with
+    assert result == {"state": "closed", "closed": [code], "pending": "closed", "sockets": 1, "after": "closed"}
+
+
+async def test_token_renewal_on_4401_and_after_a_refused_upgrade(page):
+    result = await page.evaluate("""async () => {
+      let n = 0;
+      const c = new sig.SignalingClient("ws://x.test/ws", { token: "t0", WebSocket: FakeSocket,
+                                        getToken: async () => `t${++n}`, backoff: { initial: 40, max: 40 } });
+      c.connect();
+      sockets[0].welcome();
+      sockets[0].deliver({ type: "message", from: "bob", data: 1, seq: "7-0" });
+      sockets[0].drop(4401, "token expired");
+      await until(() => sockets.length === 2);
+      sockets[1].drop(1006, "");            // refused before any welcome: perhaps a 401
+      await until(() => sockets.length === 3);
+      sockets[2].welcome({ resumed: true });
+      return { tokens: sockets.map((s) => s.param("token")), peers: sockets.map((s) => s.param("peer")),
+               resume: sockets.map((s) => s.param("resume")), state: c.state };
+    }""")
+    assert result["tokens"] == ["t0", "t1", "t2"]
+    assert result["peers"] == [None, None, None]  # the token names the peer
+    assert result["resume"] == [None, "7-0", "7-0"]
+    assert result["state"] == "open"
+
+
+async def test_a_silent_connection_is_abandoned_without_a_close_frame(page):
+    result = await page.evaluate("""async () => {
+      const c = new sig.SignalingClient("ws://x.test/ws", { peer: "alice", WebSocket: FakeSocket,
+                                        pingInterval: 50, pongTimeout: 150, backoff: { initial: 20, max: 20 } });
+      c.connect();
+      sockets[0].welcome();
+      await until(() => sockets[0].sent.some((f) => f.type === "ping"));
+      sockets[0].deliver({ type: "pong" });
+      await until(() => sockets.length === 2, 2000);  // the next ping went unanswered
+      sockets[1].welcome({ resumed: true });
+      const pings = sockets[0].sent.filter((f) => f.type === "ping").length;
+      c.close();
+      return { closedFirst: sockets[0].closedWith, pings, state: c.state, closedLast: sockets[1].closedWith };
+    }""")
+    # a close frame would end the peer for good; the new connection takes over instead
+    assert result["closedFirst"] is None
+    assert result["pings"] >= 2
+    assert result["state"] == "closed"
+    assert result["closedLast"] == {"code": 1000, "reason": "bye"}
+
+
+# -- perfect negotiation, through an in-page relay ------------------------------------------
+
+RELAY = """
+// Two clients, one relay that plays the server: frames go from one to the other with
+// `from` and `seq`, and are acked. `hold` keeps frames back; `lose` drops matching ones.
+window.makePair = async (options = {}) => {
+  const relay = { held: [], hold: false, lose: () => false, seq: 0, sockets: {} };
+  const pump = (from, frame) => {
+    const to = relay.sockets[frame.to];
+    relay.sockets[from].deliver({ type: "ack", id: frame.id });
+    if (relay.lose(frame)) return;
+    const out = { ...frame, from, seq: `1-${++relay.seq}` };
+    if (relay.hold) relay.held.push([to, out]); else setTimeout(() => to.deliver(out), 1);
+  };
+  relay.release = () => { relay.hold = false; for (const [to, f] of relay.held.splice(0)) to.deliver(f); };
+  const make = async (peer) => {
+    const c = new sig.SignalingClient("ws://relay.test/ws", { peer, WebSocket: FakeSocket });
+    c.connect();
+    const s = sockets.at(-1);
+    relay.sockets[peer] = s;
+    s.send = (text) => pump(peer, JSON.parse(text));
+    s.welcome();
+    await until(() => c.state === "open");
+    return c;
+  };
+  const a = await make("ann"), b = await make("ben");
+  return { relay, a, b };
+};
+window.opened = (channel) => new Promise((resolve) => {
+  if (channel.readyState === "open") resolve(); else channel.addEventListener("open", () => resolve(), { once: true });
+});
+window.echo = (channel, text) => new Promise((resolve) => {
+  channel.addEventListener("message", (e) => resolve(e.data), { once: true });
+  channel.send(text);
+});
+"""
+
+
+async def test_glare_is_resolved_by_the_polite_side(page):
+    await page.add_script_tag(content=RELAY)
+    result = await page.evaluate("""async () => {
+      const { relay, a, b } = await makePair();
+      relay.hold = true;                     // both offers cross in flight
+      const la = a.link("ben"), lb = b.link("ann");
+      const da = la.pc.createDataChannel("x", { negotiated: true, id: 3 });
+      const db = lb.pc.createDataChannel("x", { negotiated: true, id: 3 });
+      await until(() => relay.held.filter(([, f]) => f.type === "offer").length === 2);
+      relay.release();
+      relay.hold = false;
+      await Promise.all([opened(da), opened(db)]);
+      db.onmessage = (e) => db.send("pong:" + e.data);
+      const reply = await echo(da, "ping");
+      return { reply, politeA: la.polite, politeB: lb.polite, na: la.negotiations, nb: lb.negotiations,
+               states: [la.pc.connectionState, lb.pc.connectionState] };
+    }""")
+    assert result["reply"] == "pong:ping"
+    assert (result["politeA"], result["politeB"]) == (True, False)  # "ann" < "ben"
+    assert result["na"] >= 1 and result["nb"] >= 1
+    assert result["states"] == ["connected", "connected"]
+
+
+async def test_a_lost_offer_is_made_again_and_ice_restarts(page):
+    await page.add_script_tag(content=RELAY)
+    result = await page.evaluate("""async () => {
+      const { relay, a, b } = await makePair();
+      let lost = 0;
+      relay.lose = (f) => f.type === "offer" && lost++ === 0;   // the first offer vanishes
+      let lb = null, db = null;
+      b.on("offer", (m) => {                                     // ben answers whoever calls
+        if (lb) return;
+        lb = b.link(m.from);
+        db = lb.pc.createDataChannel("x", { negotiated: true, id: 1 });
+      });
+      const la = a.link("ben", { offerTimeout: 500 });
+      const da = la.pc.createDataChannel("x", { negotiated: true, id: 1 });
+      await until(() => lb !== null, 5000);                      // after the watchdog's new offer
+      await Promise.all([opened(da), opened(db)]);
+      const before = lb.negotiations;
+      lb.restartIce();
+      await until(() => lb.negotiations > before && lb.pc.connectionState === "connected", 10000);
+      db.onmessage = (e) => db.send("pong:" + e.data);
+      const reply = await echo(da, "after restart");
+      // a resync of the signaling restarts ICE too
+      const n = la.negotiations;
+      a.emit("resync", {});
+      await until(() => la.negotiations > n, 10000);
+      // bye closes the other side's link
+      la.close();
+      await until(() => lb.closed, 5000);
+      return { lost, reply, links: [a.links.size, b.links.size] };
+    }""")
+    assert result["lost"] >= 2
+    assert result["reply"] == "pong:after restart"
+    assert result["links"] == [0, 0]
+
+
+# -- against real nodes ----------------------------------------------------------------------
+
+
+async def real_page(browser: Any, node: NodeProcess) -> Any:
+    page = await (await browser.new_context()).new_page()
+    await page.goto(f"{node.base}/healthz", timeout=10_000)  # an origin that serves the module
+    await page.evaluate("""async () => { window.sig = await import("/client.js"); window.log = []; }""")
+    return page
+
+
+def ws(node: NodeProcess) -> str:
+    return node.base.replace("http", "ws", 1)
+
+
+async def start_nodes(netns: NetNamespace, tmp_path: Path, n: int, *args: str,  # noqa: F811
+                      redis: Any = None, key_prefix: str = "") -> list[VethNode]:
+    nodes = []
+    for i in range(n):
+        extra = ["--redis-url", redis.url, "--key-prefix", key_prefix] if redis else []
+        nodes.append(VethNode(netns.host_address, "--node-id", f"node-{i + 1}", *extra, *args).start(tmp_path))
+    for node in nodes:
+        await node.wait_ready()
+    return nodes
+
+
+@pytest.fixture
+async def veth_nodes(netns, tmp_path, redis_server, key_prefix):  # noqa: F811
+    started: list[VethNode] = []
+
+    async def start(n: int, *args: str, clustered: bool = False) -> list[VethNode]:
+        nodes = await start_nodes(netns, tmp_path, n, *args, redis=redis_server if clustered else None,
+                                  key_prefix=key_prefix)
+        started.extend(nodes)
+        return nodes
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+async def test_receipts_presence_and_takeover_on_a_real_node(chromium, veth_nodes):  # noqa: F811
+    [node] = await veth_nodes(1)
+    page = await real_page(await chromium(), node)
+    await page.evaluate("""async (url) => {
+      window.c = new sig.SignalingClient(url, { peer: "web" });
+      for (const t of ["peer-joined", "peer-left", "message", "closed"]) {
+        c.on(t, (e) => log.push([t, e.peer ?? e.data ?? e.code]));
+      }
+      c.on("presence", (p) => log.push(["presence", p.peers]));
+      await c.connect();
+      return await c.join("room");
+    }""", f"{ws(node)}/ws")
+    py = await Client.connect(ws(node), peer="py")
+    try:
+        await py.send(type="join", room="room")
+        await py.expect("joined", peers=["web"])
+        await wait_js(page, "log.some(([t, p]) => t === 'peer-joined' && p === 'py')")
+        assert await page.evaluate("[...c.rooms.get('room')]") == ["py"]
+
+        ack = await page.evaluate("c.message({ to: 'py' }, { hi: 1 })")
+        assert ack["queued"] is False
+        got = await py.expect("message", data={"hi": 1})
+        assert got["from"] == "web" and got["id"] == ack["id"]
+        await py.send(type="message", to="web", data="back")
+        await wait_js(page, "log.some(([t, d]) => t === 'message' && d === 'back')")
+
+        error = await page.evaluate("c.message({ to: 'nobody' }, 1).catch((e) => [e.name, e.code])")
+        assert error == ["SignalingError", "peer-unavailable"]
+
+        await py.drop()  # py vanishes: it is reconnecting, so messages for it are queued
+        await asyncio.sleep(0.3)  # (once the node has seen the connection go)
+        ack = await page.evaluate("c.message({ to: 'py' }, 'later')")
+        assert ack["queued"] is True
+        py = await Client.connect(ws(node), peer="py", resume=py.last_seq or "0-0")
+        await py.expect("message", data="later")
+
+        await py.send(type="leave", room="room")
+        await wait_js(page, "log.some(([t, p]) => t === 'peer-left' && p === 'py')")
+
+        # another connection with the same peer id takes over: 4409, and the client stops
+        other = await Client.connect(ws(node), peer="web")
+        await wait_js(page, "c.state === 'closed'")
+        assert await page.evaluate("log.filter(([t]) => t === 'closed')") == [["closed", 4409]]
+        await other.close()
+    finally:
+        await py.close()
+
+
+async def test_every_message_once_and_in_order_across_a_drain(chromium, veth_nodes):  # noqa: F811
+    nodes = await veth_nodes(2, clustered=True)
+    page = await real_page(await chromium(), nodes[0])
+    await page.evaluate("""async (urls) => {
+      window.c = new sig.SignalingClient(urls, { peer: "web" });
+      window.got = [];
+      c.on("message", (m) => got.push(m.data));
+      await c.connect();
+    }""", [f"{ws(n)}/ws" for n in nodes])
+    sender = await Client.connect(ws(nodes[1]), peer="sender")
+    try:
+        acks = []
+        for i in range(60):
+            await sender.send(type="message", to="web", data=i, id=i)
+            if i == 20:
+                nodes[0].signal(15)  # SIGTERM: node-1 drains while the messages flow
+            acks.append(await sender.expect("ack", id=i))
+            await asyncio.sleep(0.01)
+        await wait_js(page, "got.length >= 60", timeout=15)
+        await asyncio.sleep(0.3)
+        assert await page.evaluate("got") == list(range(60))
+        assert await page.evaluate("[c.node, c.welcome.resumed]") == ["node-2", True]
+    finally:
+        await sender.close()
+
+
+async def test_token_renewal_with_a_real_node(chromium, veth_nodes):  # noqa: F811
+    [node] = await veth_nodes(1, "--jwt-secret", SECRET)
+    page = await real_page(await chromium(), node)
+    minted: list[float] = []
+
+    def token() -> str:
+        minted.append(time.time())
+        return mint(SECRET, "web", ttl=2 if len(minted) == 1 else 300)
+
+    await page.expose_function("freshToken", token)
+    await page.evaluate("""async ([url, first]) => {
+      window.c = new sig.SignalingClient(url, { token: first, getToken: () => window.freshToken() });
+      window.closes = [];
+      c.on("close", (e) => closes.push(e.code));
+      await c.connect();
+      await c.join("r");
+    }""", [f"{ws(node)}/ws", token()])
+    await wait_js(page, "closes.includes(4401) && c.state === 'open'", timeout=10)
+    assert len(minted) == 2
+    assert await page.evaluate("[c.peer, c.welcome.resumed, [...c.rooms.keys()]]") == ["web", True, ["r"]]
+    assert json.loads(json.dumps(await page.evaluate("closes"))) == [4401]
