@@ -187,7 +187,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     except AuthError as exc:
         node.metrics.rejected.labels(exc.code).inc()
         return _json_error(exc.status, exc.code, exc.message)
-    ws = web.WebSocketResponse(heartbeat=s.heartbeat, max_msg_size=s.max_frame_bytes, autoping=True)
+    # uncompressed (signaling frames are small; the session writes frames itself), and text
+    # frames as bytes: orjson reads them without a decode, and validates the UTF-8 itself
+    ws = web.WebSocketResponse(heartbeat=s.heartbeat, max_msg_size=s.max_frame_bytes, autoping=True,
+                               compress=False, decode_text=False)
     if not ws.can_prepare(request).ok:
         return _json_error(426, "upgrade-required", "this endpoint speaks WebSocket only")
     session = Session(node, ws, identity)

@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(settings.log_level, settings.log_format)
     logging.getLogger("signaling").info("settings: %s", json.dumps(settings.redacted()))
     try:
-        asyncio.run(server.serve(settings))
+        server.run(settings)
     except KeyboardInterrupt:
         pass
     return 0

@@ -76,7 +76,7 @@ class Settings:
     rooms_per_peer: int = _opt(32, "Rooms one peer may be in at once; a join beyond it gets `forbidden`.")
     grace: float = _opt(15.0, "Reconnect grace: seconds a dropped peer keeps its id, rooms and inbox.")
     inbox_limit: int = _opt(256, "Messages kept per peer for resume; older ones are dropped (the resume then says resumed: false).")
-    send_queue: int = _opt(1024, "Outgoing frames buffered per connection; a consumer that falls further behind is closed with 1011 and resumes from its inbox.")
+    send_buffer: int = _opt(1048576, "Bytes of outgoing frames a connection may leave unread (beyond the kernel's socket buffer); a consumer that falls further behind is closed with 1011 and resumes from its inbox.")
     max_connections: int = _opt(10000, "Connections per node; beyond it the upgrade is refused with HTTP 503.")
     heartbeat: float = _opt(25.0, "Seconds between server WebSocket pings (sent in `welcome.heartbeat`); no pong within half of it closes the socket.")
     drain_delay: float = _opt(0.0, "On SIGTERM, answer /readyz with 503 for this many seconds before the first 1001 close, so a load balancer that polls it stops sending new clients first.")
@@ -143,7 +143,7 @@ class Settings:
         if not 0 <= self.port <= 65535:
             raise ConfigError("--port must be 0-65535 (0: any free port)")
         for name in ("max_frame_bytes", "burst", "abuse_strikes", "room_limit", "rooms_per_peer",
-                     "inbox_limit", "send_queue", "max_connections", "turn_ttl", "backlog", "token_ttl",
+                     "inbox_limit", "send_buffer", "max_connections", "turn_ttl", "backlog", "token_ttl",
                      "rate", "abuse_window", "grace", "heartbeat", "node_ttl"):
             if not getattr(self, name) > 0:  # written so that NaN fails too
                 raise ConfigError(f"--{_flag(name)} must be positive")

@@ -18,16 +18,18 @@ from .directory import Outcome, Result
 from .protocol import CloseCode, ErrorCode, ProtocolError, ReceiptId
 
 # -- effects ------------------------------------------------------------------------
+# Value objects made per message: slotted, and not frozen only because a frozen
+# dataclass's __init__ costs three times as much. Treat them as immutable.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     frame: bytes
     kind: str  # "ack", "error", "pong", "joined", "left": for metrics
     code: str | None = None  # the error code of an error
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     to: str
     body: bytes  # what the recipient gets, before its seq
@@ -35,7 +37,7 @@ class Send:
     type: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Broadcast:
     room: str
     body: bytes
@@ -43,19 +45,19 @@ class Broadcast:
     type: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class JoinRoom:
     room: str
     id: ReceiptId
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LeaveRoom:
     room: str
     id: ReceiptId
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Close:
     code: CloseCode
     reason: str

@@ -35,7 +35,7 @@ class Outcome(enum.Enum):
     OK = "ok"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delivery:
     """One message for one connected peer; the bus hands it to that peer's connection."""
 
@@ -45,7 +45,7 @@ class Delivery:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attached:
     epoch: int
     replaced: int | None  # epoch of the connection this one took over, if any
@@ -54,7 +54,7 @@ class Attached:
     rooms: frozenset[str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Result:
     outcome: Outcome
     deliveries: list[Delivery] = field(default_factory=list)

@@ -21,7 +21,7 @@ class EnvelopeError(ValueError):
     """Not an envelope this node understands."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Envelope:
     kind: str  # "d": deliver, "r": the connection with epoch `epoch` was replaced
     epoch: int

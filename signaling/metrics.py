@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -32,11 +34,27 @@ class Metrics:
         self.slow_consumers = Counter("signaling_slow_consumers", "Connections closed for falling behind.", registry=r)
         self.draining = Gauge("signaling_draining", "1 while this node drains.", registry=r)
         self.ready = Gauge("signaling_ready", "1 while /readyz answers 200.", registry=r)
-        for kind in CLIENT_TYPES:  # known series exist from the start
-            self.messages_in.labels(kind)
+
+        # the hot path's series, looked up once (a label lookup per message costs more than the increment)
+        self._in = {kind: self.messages_in.labels(kind) for kind in (*CLIENT_TYPES, "invalid")}
+        self._out: dict[str, Any] = {}
+        self._errors: dict[str, Any] = {}
+        self.relayed_out = self.messages_out.labels("relayed")
 
     def message_in(self, kind: str) -> None:
-        self.messages_in.labels(kind if kind in CLIENT_TYPES else "invalid").inc()
+        (self._in.get(kind) or self._in["invalid"]).inc()
+
+    def out(self, kind: str) -> None:
+        child = self._out.get(kind)
+        if child is None:
+            child = self._out[kind] = self.messages_out.labels(kind)
+        child.inc()
+
+    def error(self, code: str) -> None:
+        child = self._errors.get(code)
+        if child is None:
+            child = self._errors[code] = self.errors.labels(code)
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -66,7 +66,7 @@ class ProtocolError(Exception):
         self.id = id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Relay:
     """offer / answer / candidate / bye / message, addressed to one peer or a room."""
 
@@ -77,19 +77,19 @@ class Relay:
     body: dict[str, Any]  # the client's object, `from`/`seq` removed
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Join:
     room: str
     id: ReceiptId
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Leave:
     room: str
     id: ReceiptId
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ping:
     id: ReceiptId
 
@@ -102,8 +102,8 @@ def is_name(value: Any) -> bool:
     return isinstance(value, str) and PEER_ID.fullmatch(value) is not None
 
 
-_LONG_DIGITS = re.compile(r"[0-9]{20}")
-_LONG_DIGITS_B = re.compile(rb"[0-9]{20}")
+_DIGITS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))  # digits stay, all else is a space
+_TWENTY_DIGITS = b"0" * 20
 
 
 def loads(frame: str | bytes) -> Any:
@@ -112,11 +112,13 @@ def loads(frame: str | bytes) -> Any:
     Raises ValueError. Everything it accepts, `dumps` can encode again, so a relayed
     object reaches its recipient intact. orjson reads integers beyond 64 bits as
     floats; a frame that may hold one (a run of 20 digits) is read again, exactly,
-    by the standard library once orjson has vetted it.
+    by the standard library once orjson has vetted it. (The run is found with a
+    byte translation, several times cheaper than a regular expression.)
     """
+    if isinstance(frame, str):
+        frame = frame.encode("utf-8", "surrogatepass")  # orjson refuses what this lets through
     obj = orjson.loads(frame)
-    pattern = _LONG_DIGITS_B if isinstance(frame, (bytes, bytearray)) else _LONG_DIGITS
-    if pattern.search(frame):  # type: ignore[arg-type]
+    if _TWENTY_DIGITS in frame.translate(_DIGITS):
         try:
             obj = json.loads(frame)
         except RecursionError:

@@ -35,6 +35,19 @@ class ProxyAwareAccessLogger(AccessLogger):
         super().log(_AsSeen(request, client) if client else request, response, time_taken)  # type: ignore[arg-type]
 
 
+def run(settings: Settings) -> None:
+    """Serve on uvloop when it is installed (a faster event loop), else on asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        factory = None
+    else:
+        factory = uvloop.new_event_loop
+    log.info("event loop: %s", "uvloop" if factory else "asyncio")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(settings))
+
+
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     if not settings.tls_enabled:
         return None

@@ -1,12 +1,14 @@
 """One connected peer on this node: WebSocket frames in and out, nothing else.
 
 The read loop feeds frames to the pure `core.Peer` and performs its effects in order
-(so one sender's messages reach the bus in the order sent). Everything the client
-gets goes through one bounded outgoing queue and one writer task.
+(so one sender's messages reach the bus in the order sent). Frames for the client are
+written to its transport at once, in the order they arise: no queue, no writer task
+(frames are uncompressed, so writing one is a header and a `transport.write`).
 
-Slow-consumer policy: a client that lets more than `send_queue` frames pile up is
-closed with 1011; its peer enters the grace and resumes from its inbox, so nothing is
-lost, and the node's memory stays bounded.
+Slow-consumer policy: a client that leaves more than `send_buffer` bytes unread
+(beyond what the kernel's socket buffer holds) is closed with 1011; its peer enters
+the grace and resumes from its inbox, so nothing is lost, and the node's memory stays
+bounded.
 
 How a connection ends decides what happens to the peer: the client's own close frame,
 1008 and 1009 end it for good (it leaves its rooms); every other end (network loss,
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 from typing import TYPE_CHECKING
 
@@ -38,7 +41,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("signaling.session")
 
 _FINAL_CLOSES = frozenset({CloseCode.POLICY, CloseCode.TOO_BIG})
-_STOP = object()  # tells the writer to finish
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, uncompressed WebSocket text frame (RFC 6455 §5.2), as a server sends."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
 def _close_code(code: int) -> CloseCode | int:
@@ -60,14 +72,14 @@ class Session:
         self.started = False
         self._pending: list[tuple[str, bytes]] = []  # deliveries that arrived before the welcome went out
         self._last_seq = ZERO  # highest seq queued to this client: later duplicates are dropped
-        self._written: str | None = None  # last seq actually written to the socket
-        self._out: asyncio.Queue[object] = asyncio.Queue(maxsize=s.send_queue + 16)
+        self._written: str | None = None  # last seq written to the socket
+        self._send_buffer = s.send_buffer
+        self._transport: asyncio.Transport | None = None  # the socket, once the upgrade is done
         self._closing: CloseCode | None = None
-        self._stopped = False  # the writer has been told to finish: nothing more is queued
+        self._stopped = False  # the close frame is next: nothing more is written
         self._idle = asyncio.Event()  # set while no client frame is being handled
         self._idle.set()
         self._client_closed = False
-        self._writer: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._closer: asyncio.Future[None] | None = None  # the close handshake, once started
 
@@ -82,11 +94,9 @@ class Session:
         if parsed is None or parsed <= self._last_seq:
             return  # seen already (replay and live delivery overlapped)
         self._last_seq = parsed
-        if self._out.qsize() >= self.node.settings.send_queue:
-            self.node.metrics.slow_consumers.inc()
-            self.close(CloseCode.INTERNAL, "slow consumer: resume to get the rest")
-            return
-        self._out.put_nowait((p.with_seq(body, seq), seq))
+        if self._write(p.with_seq(body, seq)):
+            self._written = seq
+            self.node.metrics.relayed_out.inc()
 
     def replaced(self) -> None:
         self.close(CloseCode.REPLACED, "replaced by a newer connection")
@@ -96,7 +106,6 @@ class Session:
 
     # -- lifecycle -----------------------------------------------------------------
     async def run(self, resume: str | None) -> None:
-        self._writer = asyncio.create_task(self._write_loop())
         try:
             attached = await self.node.bus.attach(self.peer, self, resume)
             self._start(attached)
@@ -142,17 +151,12 @@ class Session:
 
     async def _close_socket(self, code: CloseCode, reason: str) -> None:
         """Finish the frame being handled (its receipt goes out: a delivered message is
-        never left without its ack), let the writer flush (bounded), then say goodbye.
-        A slow consumer (1011) is cut off at once: its queue is full by definition."""
+        never left without its ack), then say goodbye. A slow consumer (1011) is cut
+        off at once."""
         if code is not CloseCode.INTERNAL:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), timeout=2.0)
         self._stopped = True
-        if not self._out.full():
-            self._out.put_nowait(_STOP)
-        if self._writer is not None and code is not CloseCode.INTERNAL:
-            with contextlib.suppress(asyncio.TimeoutError, Exception):
-                await asyncio.wait_for(asyncio.shield(self._writer), timeout=2.0)
         await self.ws.close(code=code, message=reason.encode())
 
     async def _finish(self) -> None:
@@ -160,10 +164,6 @@ class Session:
             self._expiry.cancel()
         if self._closer is not None:
             await asyncio.gather(self._closer, return_exceptions=True)
-        if self._writer is not None:
-            if not self._writer.done():
-                self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
         code = self._closing if self._closing is not None else self.ws.close_code
         final = self._client_closed or code in _FINAL_CLOSES
         self.node.metrics.closes.labels(str(int(code)) if code is not None else "none").inc()
@@ -232,27 +232,24 @@ class Session:
     # -- writing ---------------------------------------------------------------------
     def _reply(self, reply: core.Reply) -> None:
         m = self.node.metrics
-        m.messages_out.labels(reply.kind).inc()
+        m.out(reply.kind)
         if reply.code is not None:
-            m.errors.labels(reply.code).inc()
-        if not self._stopped:
-            try:
-                self._out.put_nowait((reply.frame, None))
-            except asyncio.QueueFull:
-                m.slow_consumers.inc()
-                self.close(CloseCode.INTERNAL, "slow consumer: resume to get the rest")
+            m.error(reply.code)
+        self._write(reply.frame)
 
-    async def _write_loop(self) -> None:
-        ws, out, delivered = self.ws, self._out, self.node.metrics.messages_out.labels("relayed")
-        try:
-            while True:
-                item = await out.get()
-                if item is _STOP:
-                    return
-                frame, seq = item  # type: ignore[misc]
-                await ws.send_frame(frame, WSMsgType.TEXT)
-                if seq is not None:
-                    self._written = seq
-                    delivered.inc()
-        except (ConnectionError, RuntimeError):
-            return  # the socket went away; the read loop sees it too
+    def _write(self, payload: bytes) -> bool:
+        """Write one text frame now; False if the connection cannot take it."""
+        if self._stopped:
+            return False
+        transport = self._transport
+        if transport is None:
+            req = self.ws._req  # noqa: SLF001 - the socket under the WebSocket, once prepared
+            transport = self._transport = req.transport if req is not None else None
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(text_frame(payload))
+        if transport.get_write_buffer_size() > self._send_buffer:
+            self.node.metrics.slow_consumers.inc()
+            self._stopped = True  # nothing more: the client resumes from its inbox
+            self.close(CloseCode.INTERNAL, "slow consumer: resume to get the rest")
+        return True

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import re
@@ -38,6 +39,7 @@ from ..directory import Attached, Outcome, Result
 from ..protocol import room_event
 from . import redis_scripts as lua
 from .base import Bus, BusUnavailable, Mailbox
+from .redis_batcher import Batcher
 from .redis_subscriber import Subscriber
 
 log = logging.getLogger("signaling.bus.redis")
@@ -88,6 +90,8 @@ class RedisBus(Bus):
         self.prefix, self.node_ttl, self.metrics = prefix, node_ttl, metrics
         self.clustered = url.startswith("redis+cluster://")
         self._redis: Any = None  # redis.asyncio.Redis, or RedisCluster
+        self._batcher: Batcher | None = None  # one Redis: the hot path's auto-pipelined connection
+        self._sha: dict[str, str] = {}  # script name -> its SHA1
         self._subscribers: dict[str, Subscriber] = {}  # server name -> its pub/sub connection
         self._local: dict[str, list[_Local]] = {}  # peer id -> its connections on this node
         self._channel_peer: dict[bytes, str] = {}  # channel name -> peer id, for subscribed channels
@@ -144,8 +148,14 @@ class RedisBus(Bus):
             for primary in self._redis.get_primaries():
                 self._add_subscriber(primary.name, aioredis.Redis(host=primary.host, port=primary.port, **_CONNECTION))
         else:
-            self._redis = aioredis.from_url(self.url, **_CONNECTION)
+            # background work (sweeper, heartbeat, recovery) borrows from a bounded pool that
+            # waits rather than failing; the hot path goes through the batcher's connection
+            pool = aioredis.BlockingConnectionPool.from_url(self.url, max_connections=16, timeout=5, **_CONNECTION)
+            self._redis = aioredis.Redis(connection_pool=pool)
             self._add_subscriber("redis", aioredis.from_url(self.url, **_CONNECTION))
+            self._sha = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in scripts.items()}
+            self._batcher = Batcher(pool.make_connection, {self._sha[n]: t for n, t in scripts.items()})
+            self._batcher.start()
         self._scripts = {name: self._redis.register_script(text) for name, text in scripts.items()}
         try:
             await self._redis.zadd(self.nodes_key, {self.node_id: _ms()})
@@ -218,6 +228,8 @@ class RedisBus(Bus):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for sub in self._subscribers.values():
             await sub.close()
+        if self._batcher is not None:
+            await self._batcher.close()
         if self._redis is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.zrem(self.nodes_key, self.node_id)
@@ -249,10 +261,10 @@ class RedisBus(Bus):
         try:
             if len(locals_) == 1:
                 await self._subscribe(channel.encode(), peer)
-            async with self._guard() as r:
-                await r.sadd(self._node_peers_key(self.node_id), peer)
-                res = await self._scripts["ATTACH"](keys=[state, inbox, rooms, channel],
-                                                    args=[self.node_id, resume or ""])
+            async with self._guard():
+                registered = self._cmd("SADD", self._node_peers_key(self.node_id), peer)
+                res = await self._eval("ATTACH", [state, inbox, rooms, channel], [self.node_id, resume or ""])
+                await registered
         except BaseException:
             await self._forget(peer, local)
             raise
@@ -265,7 +277,7 @@ class RedisBus(Bus):
         for env in pending:
             self._handle(local, env)
         with contextlib.suppress(RedisError, OSError):
-            await self._redis.zrem(self.grace_key, peer)  # type: ignore[union-attr]
+            await self._cmd("ZREM", self.grace_key, peer)
         return Attached(int(epoch), int(replaced) if int(replaced) >= 0 else None, bool(resumed),
                         [(seq.decode(), fields[1]) for seq, fields in replay], frozenset(local.rooms))
 
@@ -275,13 +287,15 @@ class RedisBus(Bus):
             await self._forget(peer, local)
         state, inbox, rooms, _ = self._peer_keys(peer)
         deadline = _ms() + int(self.grace * 1000)
-        async with self._guard() as r:
-            if not final:
-                await r.zadd(self.grace_key, {peer: deadline})  # first: a crash after it is harmless
-            res = await self._scripts["DETACH"](keys=[state, inbox, rooms],
-                                                args=[epoch, int(final), delivered or "", deadline, self._ttl_ms])
+        async with self._guard(strict=False):
+            # the grace is scheduled first (same batch, in order): a crash after it is harmless
+            scheduled = self._cmd("ZADD", self.grace_key, deadline, peer) if not final else None
+            res = await self._eval("DETACH", [state, inbox, rooms],
+                                   [epoch, int(final), delivered or "", deadline, self._ttl_ms])
+            if scheduled is not None:
+                await scheduled
             if peer not in self._local:
-                await r.srem(self._node_peers_key(self.node_id), peer)
+                await self._cmd("SREM", self._node_peers_key(self.node_id), peer)
         if res[0] == 2:
             await self._leave_all(peer, [m.decode() for m in res[1]])
 
@@ -298,8 +312,7 @@ class RedisBus(Bus):
         state, inbox, _, channel = self._peer_keys(to)
         try:
             async with self._guard(strict=False):  # a pub/sub blip here does not stop sending
-                res = await self._scripts["SEND"](keys=[state, inbox, channel],
-                                                  args=[body, self.inbox_limit, _ms(), self._ttl_ms])
+                res = await self._eval("SEND", [state, inbox, channel], [body, self.inbox_limit, _ms(), self._ttl_ms])
         except BusUnavailable:
             if self._deliver_here(to, body):
                 return Result(Outcome.DELIVERED)
@@ -329,7 +342,7 @@ class RedisBus(Bus):
 
     async def broadcast(self, sender: str, room: str, body: bytes) -> Result:
         async with self._guard():
-            members = await self._scripts["MEMBERS_IF_IN"](keys=[self._room_key(room)], args=[sender])
+            members = await self._eval("MEMBERS_IF_IN", [self._room_key(room)], [sender])
         if members is None:
             return Result(Outcome.NOT_IN_ROOM)
         queued = await self._fan_out(room, sender, [m.decode() for m in members], body)
@@ -357,13 +370,13 @@ class RedisBus(Bus):
     async def join(self, peer: str, room: str, *, room_limit: int, rooms_per_peer: int) -> Result:
         rooms_key = self._peer_keys(peer)[2]
         async with self._guard():
-            added = await self._scripts["JOIN_PEER"](keys=[rooms_key], args=[room, rooms_per_peer])
+            added = await self._eval("JOIN_PEER", [rooms_key], [room, rooms_per_peer])
             if added == 0:
                 return Result(Outcome.TOO_MANY_ROOMS)
-            res = await self._scripts["JOIN_ROOM"](keys=[self._room_key(room)], args=[peer, room_limit])
+            res = await self._eval("JOIN_ROOM", [self._room_key(room)], [peer, room_limit])
             if res[0] == 0:
                 if added == 1:
-                    await self._redis.srem(rooms_key, room)  # type: ignore[union-attr]
+                    await self._cmd("SREM", rooms_key, room)
                 return Result(Outcome.ROOM_FULL)
         others = sorted(m.decode() for m in res[1] if m.decode() != peer)
         for local in self._local.get(peer, ()):
@@ -380,9 +393,10 @@ class RedisBus(Bus):
         return Result(Outcome.OK)
 
     async def _leave_room(self, peer: str, room: str) -> bool:
-        async with self._guard() as r:
-            remaining = await self._scripts["LEAVE_ROOM"](keys=[self._room_key(room)], args=[peer])
-            await r.srem(self._peer_keys(peer)[2], room)
+        async with self._guard():
+            left = self._cmd("SREM", self._peer_keys(peer)[2], room)
+            remaining = await self._eval("LEAVE_ROOM", [self._room_key(room)], [peer])
+            await left
         if remaining is None:
             return False
         await self._fan_out(room, peer, [m.decode() for m in remaining], room_event("peer-left", room, peer),
@@ -420,17 +434,24 @@ class RedisBus(Bus):
             self.metrics.bus_reconnects.inc()
         await self._recover()
 
+    def _eval(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run script `name` (an awaitable): batched on one Redis, routed by key on a cluster."""
+        if self._batcher is not None:
+            return self._batcher.call("EVALSHA", self._sha[name], len(keys), *keys, *args)
+        return self._scripts[name](keys=keys, args=args)
+
+    def _cmd(self, *args: Any) -> Any:
+        """Run one plain command (an awaitable), batched like `_eval`."""
+        if self._batcher is not None:
+            return self._batcher.call(*args)
+        return self._redis.execute_command(*args)
+
     async def _run_scripts(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
-        """Several scripts in one round trip: a pipeline on one Redis, concurrent calls on a
-        cluster (each goes to the shard of its keys)."""
+        """Several scripts at once: one batch on one Redis, concurrent calls on a cluster
+        (each goes to the shard of its keys)."""
         if not calls:
             return []
-        if self.clustered:
-            return list(await asyncio.gather(*(self._scripts[n](keys=k, args=a) for n, k, a in calls)))
-        pipe = self._redis.pipeline(transaction=False)
-        for name, keys, args in calls:
-            await self._scripts[name](keys=keys, args=args, client=pipe)
-        return list(await pipe.execute())
+        return list(await asyncio.gather(*(self._eval(n, k, a) for n, k, a in calls)))
 
     async def _orphan(self, node: str, peers: list[str], deadline: int) -> list[str]:
         """Peers `node` held and can no longer serve: reconnecting from now, grace until `deadline`."""
@@ -477,8 +498,7 @@ class RedisBus(Bus):
                 continue
             local = live[-1]
             state, inbox, rooms, _ = self._peer_keys(peer)
-            res = await self._scripts["REGISTER"](keys=[state, inbox, rooms],
-                                                  args=[local.epoch, self.node_id, local.last_seq])
+            res = await self._eval("REGISTER", [state, inbox, rooms], [local.epoch, self.node_id, local.last_seq])
             if res == 0:
                 local.mailbox.replaced()  # a newer connection took the peer meanwhile
                 continue
@@ -531,9 +551,9 @@ class RedisBus(Bus):
             try:
                 assert self._redis is not None
                 if await self._redis.zscore(self.nodes_key, self.node_id) is None:
-                    self._settle_until = time.monotonic() + self.node_ttl
-                    await self._register_again()  # Redis lost this node without a disconnect
-                    await self._reconcile()
+                    # Redis lost this node without a disconnect (reset behind a proxy, or the
+                    # others took it for dead): register everything again and fill the gaps
+                    await self._recover()
                 await self._redis.zadd(self.nodes_key, {self.node_id: _ms()})
                 self._healthy = True
             except (RedisError, OSError) as exc:
@@ -575,8 +595,8 @@ class RedisBus(Bus):
             await r.delete(self._node_peers_key(node))
             await r.zrem(self.nodes_key, node)
         for peer in (p.decode() for p in await r.zrangebyscore(self.grace_key, "-inf", now, start=0, num=200)):
-            gone = await self._scripts["EXPIRE"](keys=list(self._peer_keys(peer)[:3]), args=[now])
-            await self._scripts["UNSCHEDULE"](keys=[self.grace_key], args=[peer, now])
+            gone = await self._eval("EXPIRE", list(self._peer_keys(peer)[:3]), [now])
+            await self._eval("UNSCHEDULE", [self.grace_key], [peer, now])
             if gone:
                 rooms, undelivered = gone
                 self._expired += int(undelivered)

@@ -125,7 +125,7 @@ def test_check_rejects(kw, needle):
 
 
 @pytest.mark.parametrize("name", ["max_frame_bytes", "burst", "abuse_strikes", "room_limit", "rooms_per_peer",
-                                  "inbox_limit", "send_queue", "max_connections", "turn_ttl", "backlog", "token_ttl",
+                                  "inbox_limit", "send_buffer", "max_connections", "turn_ttl", "backlog", "token_ttl",
                                   "rate", "abuse_window", "grace", "heartbeat"])
 @pytest.mark.parametrize("value", [0, -1])
 def test_check_rejects_non_positive(name, value):
@@ -151,7 +151,7 @@ def test_auth_and_tls_off_by_default():
 
 
 NUMERIC = ["port", "max_frame_bytes", "burst", "abuse_strikes", "room_limit", "rooms_per_peer", "inbox_limit",
-           "send_queue", "max_connections", "turn_ttl", "backlog", "token_ttl", "rate", "abuse_window", "grace",
+           "send_buffer", "max_connections", "turn_ttl", "backlog", "token_ttl", "rate", "abuse_window", "grace",
            "heartbeat", "drain_window", "jwt_leeway"]
 FLOATS = ["rate", "abuse_window", "grace", "heartbeat", "drain_window", "jwt_leeway"]
 
