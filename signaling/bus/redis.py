@@ -32,7 +32,7 @@ from typing import Any, AsyncIterator
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from .. import envelope
 from ..directory import Attached, Outcome, Result
@@ -154,7 +154,7 @@ class RedisBus(Bus):
             self._redis = aioredis.Redis(connection_pool=pool)
             self._add_subscriber("redis", aioredis.from_url(self.url, **_CONNECTION))
             self._sha = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in scripts.items()}
-            self._batcher = Batcher(pool.make_connection, {self._sha[n]: t for n, t in scripts.items()})
+            self._batcher = Batcher(self.url, {self._sha[n]: t for n, t in scripts.items()})
             self._batcher.start()
         self._scripts = {name: self._redis.register_script(text) for name, text in scripts.items()}
         try:
@@ -437,8 +437,17 @@ class RedisBus(Bus):
     def _eval(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run script `name` (an awaitable): batched on one Redis, routed by key on a cluster."""
         if self._batcher is not None:
-            return self._batcher.call("EVALSHA", self._sha[name], len(keys), *keys, *args)
+            sent = self._batcher.call("EVALSHA", self._sha[name], len(keys), *keys, *args)  # sent now, in order
+            return self._unless_noscript(sent, name, keys, args)
         return self._scripts[name](keys=keys, args=args)
+
+    async def _unless_noscript(self, sent: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await sent
+        except NoScriptError:  # someone flushed the scripts: load them again, once
+            assert self._batcher is not None
+            await self._batcher.load_scripts()
+            return await self._batcher.call("EVALSHA", self._sha[name], len(keys), *keys, *args)
 
     def _cmd(self, *args: Any) -> Any:
         """Run one plain command (an awaitable), batched like `_eval`."""

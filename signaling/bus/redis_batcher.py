@@ -1,114 +1,172 @@
-"""Auto-pipelining: the commands of the bus's hot path share one connection, in batches.
+"""Auto-pipelining: the commands of the bus's hot path share one connection.
 
-Whatever the event loop has gathered by the time the previous batch has been answered
-is written in one go and its replies are read in order. Under load that pipelines
-hundreds of scripts per round trip (one syscall each way instead of hundreds, and no
-connection pool to run dry); alone, a command costs one round trip as before. Order
-is kept: commands reach Redis in the order `call` was called.
+Each command is packed (RESP) as `call` is called and written with the others of the
+same event-loop turn in one `write`; replies are parsed by hiredis as they arrive and
+handed to the waiting futures in order, so any number of commands are in flight at
+once (one syscall each way per batch, no connection pool to run dry, no task per
+command). Order is kept: commands reach Redis in the order `call` was called.
 
 Scripts are loaded on every new connection, so EVALSHA works after a Redis restart;
-a NOSCRIPT reply (someone flushed the scripts) loads them again and retries once.
+a NOSCRIPT reply (someone flushed the scripts) is raised as `NoScriptError` and the
+caller loads them again (`load_scripts`) and retries.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
-from typing import Any, Callable
+import collections
+import ssl
+from typing import Any
 
-from redis.asyncio.connection import Connection
+import hiredis
+from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError, ResponseError
+
+
+def pack(args: tuple[Any, ...]) -> bytes:
+    """One command in RESP: an array of bulk strings."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif isinstance(arg, int):
+            arg = b"%d" % arg
+        elif not isinstance(arg, (bytes, bytearray)):
+            arg = str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(out)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher = batcher
+        self.reader = hiredis.Reader()
+        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()  # in the order sent
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while True:
+            reply = self.reader.gets()
+            if reply is False:
+                return
+            future = self.waiting.popleft()
+            if future.done():
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                text = str(reply)
+                future.set_exception(NoScriptError(text) if text.startswith("NOSCRIPT") else ResponseError(text))
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.batcher._lost(self, RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))  # noqa: SLF001
 
 
 class Batcher:
-    def __init__(self, connect: Callable[[], Connection], scripts: dict[str, str], *, timeout: float = 5.0) -> None:
-        self._connect = connect
+    def __init__(self, url: str, scripts: dict[str, str], *, timeout: float = 5.0) -> None:
+        self._options = parse_url(url)
         self._scripts = scripts  # sha -> script text, loaded on every new connection
         self._timeout = timeout
-        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []  # commands not yet sent
-        self._wake = asyncio.Event()
-        self._conn: Connection | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
+        self._out: list[bytes] = []  # packed, not yet written (this loop turn)
+        self._waits: list[asyncio.Future[Any]] = []  # their futures, in the same order
+        self._flush_scheduled = False
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="bus-batcher")
+        """Nothing to start: the connection is made on first use."""
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._fail(self._queue, RedisConnectionError("the bus is closing"))
-        self._queue = []
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.disconnect()
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()
+        self._fail(self._waits, RedisConnectionError("the bus is closing"))
+        self._out, self._waits = [], []
 
     def call(self, *args: Any) -> asyncio.Future[Any]:
-        """Queue one command; the future gets its reply, or the error (RedisError)."""
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append((args, future))
-        self._wake.set()
+        """Queue one command; the future gets its reply, or the error (a RedisError)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._out.append(pack(args))
+        self._waits.append(future)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         return future
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch, self._queue = self._queue, []
-            if batch:
-                await self._send(batch)
+    async def load_scripts(self) -> None:
+        await asyncio.gather(*(self.call("SCRIPT", "LOAD", text) for text in self._scripts.values()))
 
-    async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+    # ------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None or protocol.transport.is_closing():
+            if self._connecting is None:
+                self._connecting = asyncio.ensure_future(self._connect())
+            return  # written once connected
+        out, waits, self._out, self._waits = self._out, self._waits, [], []
+        protocol.waiting.extend(waits)
+        protocol.transport.write(b"".join(out))
+        # replies come in order: when the batch's last one is late, the connection is dead
+        handle = asyncio.get_running_loop().call_later(self._timeout, self._timed_out, protocol, waits[-1])
+        waits[-1].add_done_callback(lambda _: handle.cancel())
+
+    def _timed_out(self, protocol: _Protocol, future: asyncio.Future[Any]) -> None:
+        if not future.done() and protocol.transport is not None:
+            protocol.transport.abort()  # connection_lost fails everything in flight
+
+    async def _connect(self) -> None:
+        o = self._options
+        loop = asyncio.get_running_loop()
         try:
-            conn = await self._connection()
             async with asyncio.timeout(self._timeout):
-                await conn.send_packed_command(conn.pack_commands([args for args, _ in batch]), check_health=False)
-                retry = []
-                for args, future in batch:
-                    try:
-                        reply = await conn.read_response(timeout=math.inf, disconnect_on_error=True)
-                    except NoScriptError:
-                        retry.append((args, future))
-                    except RedisError as exc:
-                        if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
-                            raise
-                        if not future.done():
-                            future.set_exception(exc)
-                    else:
-                        if not future.done():
-                            future.set_result(reply)
-            if retry:  # the scripts were flushed: load them again, then once more
-                await self._load_scripts(conn)
-                self._queue[:0] = retry
-                self._wake.set()
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            await self._drop()
-            self._fail(batch, exc if isinstance(exc, RedisError) else RedisConnectionError(str(exc) or "timeout"))
+                if o.get("path"):
+                    _, protocol = await loop.create_unix_connection(lambda: _Protocol(self), o["path"])
+                else:
+                    cls = o.get("connection_class")
+                    context = ssl.create_default_context() if cls is not None and cls.__name__ == "SSLConnection" else None
+                    _, protocol = await loop.create_connection(lambda: _Protocol(self), o.get("host", "localhost"),
+                                                               o.get("port", 6379), ssl=context)
+                self._protocol = protocol
+                head: list[asyncio.Future[Any]] = []
+                if o.get("password"):
+                    auth = ("AUTH", o["username"], o["password"]) if o.get("username") else ("AUTH", o["password"])
+                    head.append(self._send_now(protocol, auth))
+                if o.get("db"):
+                    head.append(self._send_now(protocol, ("SELECT", o["db"])))
+                for text in self._scripts.values():
+                    head.append(self._send_now(protocol, ("SCRIPT", "LOAD", text)))
+                await asyncio.gather(*head)
+        except (OSError, asyncio.TimeoutError, ResponseError, RedisConnectionError) as exc:
+            self._protocol = None
+            self._fail(self._waits, RedisConnectionError(f"cannot connect to Redis: {exc!r}"))
+            self._out, self._waits = [], []
+            return  # the callers got the error; the next call tries again
+        finally:
+            self._connecting = None
+        if self._out:
+            self._flush()
 
-    async def _connection(self) -> Connection:
-        if self._conn is None:
-            conn = self._connect()
-            await conn.connect()
-            await self._load_scripts(conn)
-            self._conn = conn
-        return self._conn
+    def _send_now(self, protocol: _Protocol, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        future = asyncio.get_running_loop().create_future()
+        protocol.waiting.append(future)
+        assert protocol.transport is not None
+        protocol.transport.write(pack(args))
+        return future
 
-    async def _load_scripts(self, conn: Connection) -> None:
-        for text in self._scripts.values():
-            await conn.send_command("SCRIPT", "LOAD", text)
-            await conn.read_response()
-
-    async def _drop(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.disconnect()
-        self._conn = None
+    def _lost(self, protocol: _Protocol, exc: Exception) -> None:
+        if self._protocol is protocol:
+            self._protocol = None
+        self._fail(list(protocol.waiting), exc)
+        protocol.waiting.clear()
 
     @staticmethod
-    def _fail(batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]], exc: BaseException) -> None:
-        for _, future in batch:
+    def _fail(futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
+        for future in futures:
             if not future.done():
                 future.set_exception(exc)

@@ -204,3 +204,40 @@ async def test_reader_keeps_up_and_a_slow_consumer_is_cut_off_not_the_node(key_p
         for n in nodes:
             n.stop()
         server.kill()
+
+
+async def test_scripts_flushed_under_the_bus_are_loaded_again(redis_server, key_prefix):
+    """An operator's SCRIPT FLUSH (or a proxy to a fresh server) must not break delivery."""
+    import redis as redis_sync
+
+    from signaling.bus.redis import RedisBus
+    from signaling.directory import Outcome
+
+    class Box:
+        def __init__(self):
+            self.got = []
+
+        def deliver(self, seq, body):
+            self.got.append(body)
+
+        def replaced(self):
+            pass
+
+        def lost(self):
+            pass
+
+    bus = RedisBus(redis_server.url, node_id="n1", grace=5, inbox_limit=10, prefix=key_prefix)
+    await bus.start()
+    try:
+        box = Box()
+        await bus.attach("bob", box)
+        assert (await bus.send("bob", b'{"type":"message","data":1}')).outcome is Outcome.DELIVERED
+        redis_sync.Redis.from_url(redis_server.url).script_flush()
+        assert (await bus.send("bob", b'{"type":"message","data":2}')).outcome is Outcome.DELIVERED
+        for _ in range(50):
+            if len(box.got) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert box.got == [b'{"type":"message","data":1}', b'{"type":"message","data":2}']
+    finally:
+        await bus.close()

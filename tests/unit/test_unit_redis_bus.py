@@ -69,3 +69,14 @@ async def test_gap_repair_reports_a_gap_the_bound_cut_into():
     bus, box, ids = await _bus_with_inbox(5, trimmed="99999999999999-0")
     await bus._repair_gaps()  # noqa: SLF001
     assert box.was_lost and box.got == []
+
+
+def test_resp_packing():
+    from signaling.bus.redis_batcher import pack
+
+    assert pack(("SET", "k", b"v\r\n", 12)) == b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\r\n\r\n$2\r\n12\r\n"
+    import hiredis
+
+    reader = hiredis.Reader()
+    reader.feed(pack(("EVALSHA", "abc", 1, "key", "é")))
+    assert reader.gets() == [b"EVALSHA", b"abc", b"1", b"key", "é".encode()]
