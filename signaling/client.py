@@ -154,7 +154,48 @@ class _Pending:
 _STOP = object()
 
 
-class SignalingClient:
+class _Events:
+    """`on` / `wait_for` and handler calls, shared by the client and its links."""
+
+    _handlers: dict[str, list[Handler]]
+
+    def on(self, event: str, handler: Handler) -> Callable[[], None]:
+        """Call `handler(payload)` on each `event`; returns the function that removes it."""
+        self._handlers.setdefault(event, []).append(handler)
+
+        def off() -> None:
+            with contextlib.suppress(ValueError):
+                self._handlers.get(event, []).remove(handler)
+
+        return off
+
+    async def wait_for(self, event: str, predicate: Callable[[Any], bool] | None = None,
+                       timeout: float | None = 10.0) -> Any:
+        """The next `event` whose payload satisfies `predicate`."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def handler(payload: Any) -> None:
+            if not future.done() and (predicate is None or predicate(payload)):
+                future.set_result(payload)
+
+        off = self.on(event, handler)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            off()
+
+    async def _call_handlers(self, event: str, payload: Any) -> None:
+        """Every handler of `event`, in order; sync or async; one failing does not stop the rest."""
+        for handler in list(self._handlers.get(event, ())):
+            try:
+                result = handler(payload)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("a %s %r handler failed", type(self).__name__, event)
+
+
+class SignalingClient(_Events):
     """One signaling session over a WebSocket that reconnects by itself.
 
     `url` is the `/ws` URL, or several: a reconnect after a failure or a drain moves to
@@ -278,31 +319,6 @@ class SignalingClient:
 
     # -- events -----------------------------------------------------------------------------
 
-    def on(self, event: str, handler: Handler) -> Callable[[], None]:
-        """Call `handler(payload)` on each `event`; returns the function that removes it."""
-        self._handlers.setdefault(event, []).append(handler)
-
-        def off() -> None:
-            with contextlib.suppress(ValueError):
-                self._handlers.get(event, []).remove(handler)
-
-        return off
-
-    async def wait_for(self, event: str, predicate: Callable[[Any], bool] | None = None,
-                       timeout: float | None = 10.0) -> Any:
-        """The next `event` whose payload satisfies `predicate`."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def handler(payload: Any) -> None:
-            if not future.done() and (predicate is None or predicate(payload)):
-                future.set_result(payload)
-
-        off = self.on(event, handler)
-        try:
-            return await asyncio.wait_for(future, timeout)
-        finally:
-            off()
-
     def _emit(self, event: str, payload: Any) -> None:
         self._events.put_nowait((event, payload))
 
@@ -312,13 +328,7 @@ class SignalingClient:
             if item is _STOP:
                 return
             event, payload = item
-            for handler in list(self._handlers.get(event, ())):
-                try:
-                    result = handler(payload)
-                    if inspect.isawaitable(result):
-                        await result
-                except Exception:
-                    log.exception("a %r handler failed", event)
+            await self._call_handlers(event, payload)
             if not isinstance(payload, dict):
                 continue
             if event in ("offer", "answer", "candidate", "bye"):
@@ -655,7 +665,7 @@ def _ufrag(sdp: str) -> str | None:
     return match.group(1) if match else None
 
 
-class PeerLink:
+class PeerLink(_Events):
     """An aiortc RTCPeerConnection to `remote`, negotiated with the perfect negotiation pattern.
 
     - `setup(pc)` (may be async) prepares every connection the link makes: add tracks,
@@ -707,37 +717,8 @@ class PeerLink:
 
     # -- events --------------------------------------------------------------------------
 
-    def on(self, event: str, handler: Handler) -> Callable[[], None]:
-        self._handlers.setdefault(event, []).append(handler)
-
-        def off() -> None:
-            with contextlib.suppress(ValueError):
-                self._handlers.get(event, []).remove(handler)
-
-        return off
-
     async def _emit(self, event: str, payload: Any) -> None:
-        for handler in list(self._handlers.get(event, ())):
-            try:
-                result = handler(payload)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception("a PeerLink %r handler failed", event)
-
-    async def wait_for(self, event: str, predicate: Callable[[Any], bool] | None = None,
-                       timeout: float | None = 10.0) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def handler(payload: Any) -> None:
-            if not future.done() and (predicate is None or predicate(payload)):
-                future.set_result(payload)
-
-        off = self.on(event, handler)
-        try:
-            return await asyncio.wait_for(future, timeout)
-        finally:
-            off()
+        await self._call_handlers(event, payload)
 
     # -- commands ------------------------------------------------------------------------
 
