@@ -59,6 +59,23 @@ async def connect() -> AsyncIterator[Callable[..., Awaitable[Client]]]:
 
 
 @pytest.fixture
+def processes(tmp_path):
+    """processes(*flags, env=...) -> a started `signaling serve` process, stopped after the test."""
+    from support import NodeProcess
+
+    started: list[NodeProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> NodeProcess:
+        node = NodeProcess(*args, env=env).start(tmp_path)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture
 async def cluster(redis_server, key_prefix, tmp_path):
     """cluster(n, **flags) -> n real `signaling serve` processes on one real redis-server."""
     from support import NodeProcess

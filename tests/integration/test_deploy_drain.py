@@ -13,20 +13,6 @@ import pytest
 from support import Client, NodeProcess
 
 
-@pytest.fixture
-def processes(tmp_path):
-    started: list[NodeProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> NodeProcess:
-        node = NodeProcess(*args, env=env).start(tmp_path)
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        node.stop()
-
-
 async def test_sigterm_readyz_503_during_the_drain_delay_then_1001_spread_over_the_window(processes):
     node = processes("--node-id", "d1", "--drain-delay", "1.0", "--drain-window", "1.2")
     await node.wait_ready()

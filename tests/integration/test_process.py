@@ -17,21 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from support import ROOT, SECRET, Client, NodeProcess
-
-
-@pytest.fixture
-def processes(tmp_path):
-    started: list[NodeProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> NodeProcess:
-        node = NodeProcess(*args, env=env).start(tmp_path)
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        node.stop()
+from support import ROOT, SECRET, Client
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
