@@ -94,9 +94,11 @@ class StrikeMeter:
 
     def __init__(self, limit: int, window: float) -> None:
         self.limit, self.window = limit, window
-        self.times: deque[float] = deque(maxlen=limit + 1)
+        self.times: deque[float] | None = None  # made at the first strike: most connections never get one
 
     def strike(self, now: float) -> bool:
+        if self.times is None:
+            self.times = deque(maxlen=self.limit + 1)
         self.times.append(now)
         while self.times and now - self.times[0] > self.window:
             self.times.popleft()
@@ -124,6 +126,8 @@ class Limits:
 # -- the peer -----------------------------------------------------------------------
 
 class Peer:
+    __slots__ = ("peer", "grants", "rooms", "bucket", "strikes", "kind")  # one per connection
+
     def __init__(self, peer: str, now: float, *, limits: Limits = Limits(),
                  grants: Iterable[str] | None = None, rooms: Iterable[str] = ()) -> None:
         self.peer = peer

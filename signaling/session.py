@@ -61,6 +61,10 @@ def _close_code(code: int) -> CloseCode | int:
 
 
 class Session:
+    __slots__ = ("node", "ws", "peer", "identity", "core", "epoch", "started", "_pending", "_last_seq",
+                 "_written", "_send_buffer", "_transport", "_closing", "_stopped", "_handling", "_handled",
+                 "_client_closed", "_expiry", "_closer", "__weakref__")  # one per connection: keep it small
+
     def __init__(self, node: Node, ws: web.WebSocketResponse, identity: Identity) -> None:
         self.node = node
         self.ws = ws
@@ -70,15 +74,15 @@ class Session:
         self.core = core.Peer(identity.peer, time.monotonic(), grants=identity.rooms, limits=node.limits)
         self.epoch = 0
         self.started = False
-        self._pending: list[tuple[str, bytes]] = []  # deliveries that arrived before the welcome went out
+        self._pending: list[tuple[str, bytes]] | None = None  # deliveries that arrived before the welcome
         self._last_seq = ZERO  # highest seq queued to this client: later duplicates are dropped
         self._written: str | None = None  # last seq written to the socket
         self._send_buffer = s.send_buffer
         self._transport: asyncio.Transport | None = None  # the socket, once the upgrade is done
         self._closing: CloseCode | None = None
         self._stopped = False  # the close frame is next: nothing more is written
-        self._idle = asyncio.Event()  # set while no client frame is being handled
-        self._idle.set()
+        self._handling = False  # a client frame is being handled
+        self._handled: asyncio.Future[None] | None = None  # made only when a close waits for that frame
         self._client_closed = False
         self._expiry: asyncio.TimerHandle | None = None
         self._closer: asyncio.Future[None] | None = None  # the close handshake, once started
@@ -86,6 +90,8 @@ class Session:
     # -- Mailbox (called by the bus) -----------------------------------------------
     def deliver(self, seq: str, body: bytes) -> None:
         if not self.started:
+            if self._pending is None:
+                self._pending = []
             self._pending.append((seq, body))
             return
         if self._stopped:
@@ -134,9 +140,9 @@ class Session:
         self.node.metrics.connects.labels(str(attached.resumed).lower()).inc()
         self.node.metrics.replayed.inc(len(attached.replay))
         self.started = True
-        for seq, body in attached.replay + self._pending:
+        for seq, body in attached.replay + (self._pending or []):
             self.deliver(seq, body)
-        self._pending.clear()
+        self._pending = None
         if self.identity.expires is not None:
             delay = max(0.0, self.identity.expires - time.time())
             self._expiry = asyncio.get_running_loop().call_later(
@@ -155,7 +161,9 @@ class Session:
         off at once."""
         if code is not CloseCode.INTERNAL:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout=2.0)
+                if self._handling:
+                    self._handled = asyncio.get_running_loop().create_future()
+                    await asyncio.wait_for(self._handled, timeout=2.0)
         self._stopped = True
         await self.ws.close(code=code, message=reason.encode())
 
@@ -192,11 +200,13 @@ class Session:
                     self._closing = self._closing or _close_code(msg.data.code)  # aiohttp closed it (1009)
                 return  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp closed it: 1009 for size)
             self.node.metrics.message_in(self.core.kind)
-            self._idle.clear()
+            self._handling = True
             try:
                 await self._perform(effects)
             finally:
-                self._idle.set()
+                self._handling = False
+                if self._handled is not None and not self._handled.done():
+                    self._handled.set_result(None)
             if self._closing is not None:
                 return
 

@@ -46,7 +46,7 @@ log = logging.getLogger("signaling.bus.redis")
 PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Local:
     """One connection of a peer on this node, as the bus tracks it."""
 
