@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import random
 import re
 import time
 from dataclasses import dataclass, field

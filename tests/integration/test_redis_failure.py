@@ -9,7 +9,7 @@ import time
 import aiohttp
 import pytest
 
-from support import Client, NodeProcess, RedisServer
+from support import NodeProcess, RedisServer
 
 
 @pytest.fixture
