@@ -28,6 +28,13 @@ def format_seq(seq: Seq) -> str:
     return f"{seq[0]}-{seq[1]}"
 
 
+def next_seq(last: Seq, now: float) -> Seq:
+    """The seq after `last` at time `now` (seconds), as Redis numbers stream entries:
+    the current millisecond, or `last` plus one when the clock has not moved past it."""
+    ms = int(now * 1000)
+    return (ms, 0) if ms > last[0] else (last[0], last[1] + 1)
+
+
 @dataclass(slots=True)
 class Entry:
     seq: Seq
@@ -50,13 +57,9 @@ class Inbox:
     last: Seq = ZERO  # highest seq ever appended
     trimmed: Seq = ZERO  # highest seq dropped by a bound
 
-    def next_seq(self, now: float) -> Seq:
-        ms = int(now * 1000)
-        return (ms, 0) if ms > self.last[0] else (self.last[0], self.last[1] + 1)
-
     def append(self, body: bytes, now: float) -> tuple[Seq, Entry | None]:
         """Store a delivery; return its seq and the oldest entry, if the bound pushed it out."""
-        seq = self.next_seq(now)
+        seq = next_seq(self.last, now)
         self.last = seq
         self.entries.append(Entry(seq, body))
         if len(self.entries) > self.limit:

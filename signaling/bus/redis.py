@@ -35,6 +35,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from .. import envelope
 from ..directory import Attached, Outcome, Result
+from ..inbox import ZERO, format_seq, next_seq, parse_seq
 from ..protocol import room_event
 from . import redis_scripts as lua
 from .base import Bus, BusUnavailable, Mailbox
@@ -58,11 +59,6 @@ class _Local:
 
 def _ms() -> int:
     return int(time.time() * 1000)
-
-
-def _seq(text: str) -> tuple[int, int]:
-    ms, _, n = text.partition("-")
-    return int(ms), int(n or 0)
 
 
 def cluster_nodes(url: str) -> list[tuple[str, int]]:
@@ -333,9 +329,7 @@ class RedisBus(Bus):
         if not live:
             return False
         local = live[-1]
-        ms, _, n = local.last_seq.partition("-")
-        now = _ms()
-        seq = f"{now}-0" if now > int(ms) else f"{ms}-{int(n) + 1}"
+        seq = format_seq(next_seq(parse_seq(local.last_seq) or ZERO, time.time()))
         self._handle(local, envelope.Envelope("d", local.epoch, seq, body))  # type: ignore[arg-type]
         return True
 
@@ -546,7 +540,7 @@ class RedisBus(Bus):
                     continue
                 state, inbox, _, _ = self._peer_keys(peer)
                 trimmed = await self._redis.hget(state, "trimmed")
-                if trimmed is not None and _seq(trimmed.decode()) > _seq(local.last_seq):
+                if trimmed is not None and (parse_seq(trimmed.decode()) or ZERO) > (parse_seq(local.last_seq) or ZERO):
                     local.mailbox.lost()
                     continue
                 for seq, fields in await self._redis.xrange(inbox, f"({local.last_seq}", "+"):
