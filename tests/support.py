@@ -318,3 +318,12 @@ class RedisClusterServers:
                 if line.startswith(f"cmdstat_{command}:"):
                     total += int(line.split("calls=")[1].split(",")[0])
         return total
+
+
+async def join_all(clients: list[Client], room: str = "r") -> None:
+    """Each client joins `room` in turn; every earlier member hears each later one join."""
+    for i, client in enumerate(clients):
+        await client.send(type="join", room=room)
+        await client.expect("joined", room=room)
+        for earlier in clients[:i]:
+            await earlier.expect("peer-joined", room=room, peer=client.peer)

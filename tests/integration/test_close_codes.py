@@ -6,18 +6,13 @@ import asyncio
 import time
 
 from signaling import auth
-from support import SECRET, Client, eventually
+from support import SECRET, Client, eventually, join_all
 from test_errors import FaultyBus
 
 
 async def _in_room(node, connect, *peers, room="r"):
     clients = [await connect(node, peer=p) for p in peers]
-    for c in clients:
-        await c.send(type="join", room=room)
-        await c.expect("joined")
-    for i, c in enumerate(clients):
-        for _ in peers[i + 1:]:
-            await c.expect("peer-joined")
+    await join_all(clients, room)
     return clients
 
 

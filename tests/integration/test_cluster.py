@@ -9,7 +9,7 @@ import time
 import redis
 
 from signaling.inbox import parse_seq
-from support import Client
+from support import Client, join_all
 
 
 async def test_relay_across_nodes_with_receipts(cluster, connect):
@@ -70,10 +70,7 @@ async def test_takeover_across_nodes(cluster, connect):
     n1, n2 = await cluster(2)
     alice = await connect(n1.ws_base, peer="alice")
     bob = await connect(n1.ws_base, peer="bob")
-    for x in (alice, bob):
-        await x.send(type="join", room="r")
-        await x.expect("joined")
-    await alice.expect("peer-joined")
+    await join_all([alice, bob])
     bob2 = await connect(n2.ws_base, peer="bob")
     assert bob2.welcome["node"] == "node-2"
     assert await bob.closed() == 4409
@@ -126,12 +123,7 @@ async def test_sigkill_a_node_mid_conversation_loses_nothing_acked(cluster, conn
     alice = await connect(n1.ws_base, peer="alice")
     bob = await Client.connect(n2.ws_base, peer="bob")
     carol = await connect(n1.ws_base, peer="carol")
-    for x in (alice, bob, carol):
-        await x.send(type="join", room="r")
-        await x.expect("joined")
-    await alice.expect("peer-joined", peer="bob")
-    await alice.expect("peer-joined", peer="carol")
-    await bob.expect("peer-joined", peer="carol")
+    await join_all([alice, bob, carol])
     for i in range(20):
         await alice.send(type="message", to="bob", data=i, id=i)
         await alice.expect("ack", id=i)
@@ -168,10 +160,7 @@ async def test_killed_node_peers_leave_their_rooms_when_the_grace_runs_out(clust
     n1, n2 = await cluster(2, "--grace", "1", "--node-ttl", "1")
     carol = await connect(n1.ws_base, peer="carol")
     bob = await Client.connect(n2.ws_base, peer="bob")
-    for x in (carol, bob):
-        await x.send(type="join", room="r")
-        await x.expect("joined")
-    await carol.expect("peer-joined", peer="bob")
+    await join_all([carol, bob])
     killed = time.monotonic()
     n2.signal(signal.SIGKILL)
     n2.proc.wait()

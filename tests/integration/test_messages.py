@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from signaling.inbox import parse_seq
+from support import join_all
 
 RELAYED = [
     ("offer", {"offer": {"type": "offer", "sdp": "v=0\r\n"}}),
@@ -127,10 +128,7 @@ async def test_room_broadcast_reaches_every_other_member_once(node, connect):
 
 async def test_clean_close_leaves_rooms_with_peer_left(node, connect):
     alice, bob = await connect(node, peer="alice"), await connect(node, peer="bob")
-    for c in (alice, bob):
-        await c.send(type="join", room="r")
-        await c.expect("joined")
-    await alice.expect("peer-joined")
+    await join_all([alice, bob])
     await bob.close()
     await alice.expect("peer-left", room="r", peer="bob")
     await alice.send(type="message", to="bob", data=1)

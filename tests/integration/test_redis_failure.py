@@ -9,7 +9,7 @@ import time
 import aiohttp
 import pytest
 
-from support import NodeProcess, RedisServer
+from support import NodeProcess, RedisServer, join_all
 
 
 @pytest.fixture
@@ -45,12 +45,7 @@ async def test_redis_restart_empty_while_pairs_talk(own_redis, key_prefix, tmp_p
         n1, n2 = nodes
         alice, carol = await connect(n1.ws_base, peer="alice"), await connect(n1.ws_base, peer="carol")
         bob = await connect(n2.ws_base, peer="bob")
-        for x in (alice, bob, carol):
-            await x.send(type="join", room="r")
-            await x.expect("joined")
-        await alice.expect("peer-joined", peer="bob")
-        await alice.expect("peer-joined", peer="carol")
-        await bob.expect("peer-joined", peer="carol")
+        await join_all([alice, bob, carol])
         await alice.send(type="message", to="bob", data="before")
         await alice.send(type="message", to="bob", data="before, unprocessed")
         before_seq = (await bob.expect("message", data="before"))["seq"]

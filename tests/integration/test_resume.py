@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from support import eventually
+from support import eventually, join_all
 
 
 async def _away(node, make_node, peer="bob"):
@@ -69,12 +69,7 @@ async def test_reconnect_without_resume_gets_what_was_queued_since_the_drop(make
 async def test_rooms_are_kept_through_the_grace_without_churn(make_node, connect):
     node = await make_node(grace=10)
     alice, bob, carol = [await connect(node, peer=p) for p in ("alice", "bob", "carol")]
-    for c in (alice, bob, carol):
-        await c.send(type="join", room="r")
-        await c.expect("joined")
-    await alice.expect("peer-joined", peer="bob")
-    await alice.expect("peer-joined", peer="carol")
-    await bob.expect("peer-joined", peer="carol")
+    await join_all([alice, bob, carol])
     last = bob.last_seq
     await bob.drop()
     await _away(node, make_node)
@@ -109,10 +104,7 @@ async def test_resumed_false_when_the_inbox_bound_was_exceeded(make_node, connec
 async def test_grace_expiry_leaves_rooms_and_forgets_the_peer(make_node, connect):
     node = await make_node(grace=0.5)
     alice, bob = await connect(node, peer="alice"), await connect(node, peer="bob")
-    for c in (alice, bob):
-        await c.send(type="join", room="r")
-        await c.expect("joined")
-    await alice.expect("peer-joined", peer="bob")
+    await join_all([alice, bob])
     await bob.send(type="ping")
     await bob.expect("pong")
     await bob.drop()
