@@ -169,12 +169,18 @@ async def test_rooms_per_peer_limit(bus):
     assert (await bus.join("a", "r2", room_limit=9, rooms_per_peer=1)).outcome is Outcome.TOO_MANY_ROOMS
 
 
-async def test_grace_keeps_rooms_then_expiry_sends_peer_left(bus):
+async def _a_and_b_in_room(bus):
+    """Peers a and b in room r; returns a's mailbox and b's attachment."""
     a_box = Box()
     await bus.attach("a", a_box)
     b = await bus.attach("b", Box())
     await bus.join("a", "r", room_limit=9, rooms_per_peer=9)
     await bus.join("b", "r", room_limit=9, rooms_per_peer=9)
+    return a_box, b
+
+
+async def test_grace_keeps_rooms_then_expiry_sends_peer_left(bus):
+    a_box, b = await _a_and_b_in_room(bus)
     await a_box.wait(1)
     await bus.detach("b", b.epoch, final=False)
     assert (await bus.broadcast("a", "r", msg(1))).outcome is Outcome.QUEUED
@@ -185,11 +191,7 @@ async def test_grace_keeps_rooms_then_expiry_sends_peer_left(bus):
 
 
 async def test_reattach_within_grace_keeps_rooms_silently(bus):
-    a_box = Box()
-    await bus.attach("a", a_box)
-    b = await bus.attach("b", Box())
-    await bus.join("a", "r", room_limit=9, rooms_per_peer=9)
-    await bus.join("b", "r", room_limit=9, rooms_per_peer=9)
+    a_box, b = await _a_and_b_in_room(bus)
     await a_box.wait(1)
     await bus.detach("b", b.epoch, final=False)
     again = await bus.attach("b", Box())
@@ -199,11 +201,7 @@ async def test_reattach_within_grace_keeps_rooms_silently(bus):
 
 
 async def test_final_detach_leaves_rooms_at_once(bus):
-    a_box = Box()
-    await bus.attach("a", a_box)
-    b = await bus.attach("b", Box())
-    await bus.join("a", "r", room_limit=9, rooms_per_peer=9)
-    await bus.join("b", "r", room_limit=9, rooms_per_peer=9)
+    a_box, b = await _a_and_b_in_room(bus)
     await bus.detach("b", b.epoch, final=True)
     got = await a_box.wait(2)
     assert got[1] == {"type": "peer-left", "room": "r", "peer": "b"}
