@@ -127,12 +127,18 @@ class Node:
                 await asyncio.sleep(step)
         pending = self.tasks | self.cleanups
         if pending:
-            await asyncio.wait(pending, timeout=15.0)
+            _, late = await asyncio.wait(pending, timeout=15.0)
+            if late:
+                log.warning("draining: %d sessions still open after 15s", len(late))
         if self.cleanups:
-            await asyncio.wait(set(self.cleanups), timeout=5.0)
+            _, late = await asyncio.wait(set(self.cleanups), timeout=5.0)
+            if late:
+                log.warning("draining: %d session cleanups still running after 5s", len(late))
+        log.info("drained")
 
 
 NODE = web.AppKey("node", Node)
+BUS_CLOSE_TIMEOUT = 5.0
 
 
 def _json_error(status: int, error: str, message: str) -> web.Response:
@@ -251,7 +257,10 @@ def create_app(settings: Settings, bus: buses.Bus | None = None) -> web.Applicat
     async def bus_lifecycle(app: web.Application) -> AsyncIterator[None]:
         await bus.start()
         yield
-        await bus.close()
+        try:
+            await asyncio.wait_for(bus.close(), BUS_CLOSE_TIMEOUT)
+        except TimeoutError:
+            log.error("closing the bus took over %.0fs; left it", BUS_CLOSE_TIMEOUT)
 
     async def close_sessions(app: web.Application) -> None:
         if node.sessions and not node.draining:

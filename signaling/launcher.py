@@ -254,11 +254,16 @@ class LocalNode:
 
     async def drain(self, wait: bool = True, timeout: float = 60.0) -> int | None:
         """SIGTERM: the node leaves the load balancer, closes its sockets with 1001 and exits.
-        With `wait`, return its exit code once it has (None if it outlives `timeout`)."""
+        With `wait`, return its exit code once it has (None if it outlives `timeout`, and
+        then its log ends with what its tasks were waiting for: SIGUSR1 dumps them)."""
         self.signal(signal.SIGTERM)
         if not wait or self.proc is None:
             return None
-        return await _wait_exit(self.proc, timeout)
+        code = await _wait_exit(self.proc, timeout)
+        if code is None:
+            self.signal(signal.SIGUSR1)
+            await asyncio.sleep(0.5)
+        return code
 
     async def wait(self, timeout: float = 60.0) -> int | None:
         return await _wait_exit(self.proc, timeout) if self.proc else None

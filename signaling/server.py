@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import io
 import signal
 import ssl
 from typing import Any
 
 from aiohttp import web
 
-from .app import CLIENT, NODE, create_app
+from .app import BUS_CLOSE_TIMEOUT, CLIENT, NODE, create_app
 from .config import Settings
 from .logs import AccessLogger
 
@@ -67,8 +68,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             "--jwt-public-key in production. ***"
         )
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log_class=ProxyAwareAccessLogger,
-                           shutdown_timeout=settings.drain_delay + settings.drain_window + 20)
+    # by the time aiohttp shuts down, the drain has ended every WebSocket; what is left are
+    # plain HTTP requests (probes, metrics), which finish in well under this
+    runner = web.AppRunner(app, access_log_class=ProxyAwareAccessLogger, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context(settings),
                        backlog=settings.backlog, reuse_address=True)
@@ -76,6 +78,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: log.warning("asyncio tasks (SIGUSR1):\n%s", task_dump()))
     scheme = "wss" if settings.tls_enabled else "ws"
     log.info("node %s listening on %s://%s:%d/ws (bus: %s)", settings.node_id, scheme, settings.host,
              settings.port, settings.redis_url.partition("://")[0] or "memory")
@@ -85,6 +88,32 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("stopping: draining connections")
+        began = loop.time()
         await app[NODE].drain()
-        await runner.cleanup()
-        log.info("stopped")
+        drained = loop.time()
+        # a stop always ends: an orchestrator waits for the exit, and the drain above has
+        # already handed every peer to the cluster (detached, inbox in the bus)
+        try:
+            await asyncio.wait_for(runner.cleanup(), 2 * SHUTDOWN_TIMEOUT + BUS_CLOSE_TIMEOUT)
+        except TimeoutError:
+            log.error("shutdown overran; stopping anyway. asyncio tasks:\n%s", task_dump())
+        loop.remove_signal_handler(signal.SIGUSR1)
+        log.info("stopped (drain %.1fs, shutdown %.1fs)", drained - began, loop.time() - drained)
+
+
+SHUTDOWN_TIMEOUT = 5.0  # per connection still open when aiohttp shuts down (twice: finish, then cancel)
+
+
+def task_dump() -> str:
+    """Every asyncio task and the chain of awaits it is suspended in: what a stuck node
+    is waiting for. (Task.print_stack shows only a task's outermost coroutine.)"""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        out.write(f"{task!r}\n")
+        awaiting: Any = task.get_coro()
+        while awaiting is not None:
+            frame = getattr(awaiting, "cr_frame", None) or getattr(awaiting, "gi_frame", None)
+            if frame is not None:
+                out.write(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}\n")
+            awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "gi_yieldfrom", None)
+    return out.getvalue()

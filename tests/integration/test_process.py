@@ -39,6 +39,24 @@ async def test_signal_drains_readyz_503_then_1001_then_exit(processes, sig):
             await c.close()
 
 
+async def test_sigusr1_logs_every_task_and_the_node_carries_on(processes):
+    node = processes("--node-id", "p1")
+    await node.wait_ready()
+    client = await Client.connect(node.ws_base, peer="a")
+    try:
+        node.signal(signal.SIGUSR1)
+        await asyncio.sleep(0.5)
+        dump = node.log().partition("asyncio tasks (SIGUSR1)")[2]
+        assert "in _read_loop" in dump  # the session's reader, with its stack
+        await client.send(type="ping")
+        await client.expect("pong")
+    finally:
+        await client.close()
+    node.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(node.proc.wait, 15) == 0
+    assert "stopped (drain" in node.log()
+
+
 async def test_open_mode_warns_loudly_at_start(processes):
     node = processes()
     await node.wait_ready()
