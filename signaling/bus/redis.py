@@ -40,6 +40,7 @@ from ..protocol import room_event
 from . import redis_scripts as lua
 from .base import Bus, BusUnavailable, Mailbox
 from .redis_batcher import Batcher
+from . import redis_wire
 from .redis_subscriber import Subscriber
 
 log = logging.getLogger("signaling.bus.redis")
@@ -141,13 +142,13 @@ class RedisBus(Bus):
             # sharded pub/sub: a delivery is published on the shard that owns the peer
             scripts = {k: v.replace("'PUBLISH'", "'SPUBLISH'") for k, v in scripts.items()}
             for primary in self._redis.get_primaries():
-                self._add_subscriber(primary.name, aioredis.Redis(host=primary.host, port=primary.port, **_CONNECTION))
+                self._add_subscriber(primary.name, {"host": primary.host, "port": primary.port})
         else:
             # background work (sweeper, heartbeat, recovery) borrows from a bounded pool that
             # waits rather than failing; the hot path goes through the batcher's connection
             pool = aioredis.BlockingConnectionPool.from_url(self.url, max_connections=16, timeout=5, **_CONNECTION)
             self._redis = aioredis.Redis(connection_pool=pool)
-            self._add_subscriber("redis", aioredis.from_url(self.url, **_CONNECTION))
+            self._add_subscriber("redis", redis_wire.options(self.url))
             self._sha = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in scripts.items()}
             self._batcher = Batcher(self.url, {self._sha[n]: t for n, t in scripts.items()})
             self._batcher.start()
@@ -163,8 +164,8 @@ class RedisBus(Bus):
         while not self.ready and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
-    def _add_subscriber(self, name: str, client: aioredis.Redis) -> Subscriber:
-        sub = Subscriber(client, name=name, sharded=self.clustered, on_message=self._on_message,
+    def _add_subscriber(self, name: str, options: dict[str, Any]) -> Subscriber:
+        sub = Subscriber(options, name=name, sharded=self.clustered, on_message=self._on_message,
                          on_reconnect=self._on_reconnect, on_lost=self._on_lost if self.clustered else None)
         self._subscribers[name] = sub
         sub.start()
@@ -187,7 +188,7 @@ class RedisBus(Bus):
                 target = self._subscribers.get(owner)
                 if target is None:
                     node = primaries[owner]
-                    target = self._add_subscriber(owner, aioredis.Redis(host=node.host, port=node.port, **_CONNECTION))
+                    target = self._add_subscriber(owner, {"host": node.host, "port": node.port})
                 if channel not in target.channels:
                     for sub in self._subscribers.values():
                         sub.channels.discard(channel)
@@ -199,7 +200,7 @@ class RedisBus(Bus):
             stale = [self._subscribers.pop(n) for n in list(self._subscribers) if n not in primaries]
             for name, node in primaries.items():
                 if name not in self._subscribers:
-                    self._add_subscriber(name, aioredis.Redis(host=node.host, port=node.port, **_CONNECTION))
+                    self._add_subscriber(name, {"host": node.host, "port": node.port})
             if moved:
                 log.warning("cluster changed: %d channels now on other primaries", moved)
                 self._settle_until = time.monotonic() + self.node_ttl

@@ -15,27 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ssl
 from typing import Any
 
 import hiredis
-from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
+from .redis_wire import auth_command, open_connection, options, pack
 
-def pack(args: tuple[Any, ...]) -> bytes:
-    """One command in RESP: an array of bulk strings."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            arg = arg.encode()
-        elif isinstance(arg, int):
-            arg = b"%d" % arg
-        elif not isinstance(arg, (bytes, bytearray)):
-            arg = str(arg).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(out)
+__all__ = ["Batcher", "pack"]
 
 
 class _Protocol(asyncio.Protocol):
@@ -69,7 +57,7 @@ class _Protocol(asyncio.Protocol):
 
 class Batcher:
     def __init__(self, url: str, scripts: dict[str, str], *, timeout: float = 5.0) -> None:
-        self._options = parse_url(url)
+        self._options = options(url)
         self._scripts = scripts  # sha -> script text, loaded on every new connection
         self._timeout = timeout
         self._protocol: _Protocol | None = None
@@ -122,20 +110,13 @@ class Batcher:
 
     async def _connect(self) -> None:
         o = self._options
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._timeout):
-                if o.get("path"):
-                    _, protocol = await loop.create_unix_connection(lambda: _Protocol(self), o["path"])
-                else:
-                    cls = o.get("connection_class")
-                    context = ssl.create_default_context() if cls is not None and cls.__name__ == "SSLConnection" else None
-                    _, protocol = await loop.create_connection(lambda: _Protocol(self), o.get("host", "localhost"),
-                                                               o.get("port", 6379), ssl=context)
+                protocol = await open_connection(o, lambda: _Protocol(self))
                 self._protocol = protocol
                 head: list[asyncio.Future[Any]] = []
-                if o.get("password"):
-                    auth = ("AUTH", o["username"], o["password"]) if o.get("username") else ("AUTH", o["password"])
+                auth = auth_command(o)
+                if auth:
                     head.append(self._send_now(protocol, auth))
                 if o.get("db"):
                     head.append(self._send_now(protocol, ("SELECT", o["db"])))
