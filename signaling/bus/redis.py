@@ -39,8 +39,8 @@ from ..inbox import ZERO, format_seq, next_seq, parse_seq
 from ..protocol import room_event
 from . import redis_scripts as lua
 from .base import Bus, BusUnavailable, Mailbox
-from .redis_batcher import Batcher
 from . import redis_wire
+from .redis_batcher import Batcher
 from .redis_subscriber import Subscriber
 
 log = logging.getLogger("signaling.bus.redis")
@@ -93,6 +93,8 @@ class RedisBus(Bus):
         self._channel_peer: dict[bytes, str] = {}  # channel name -> peer id, for subscribed channels
         self._healthy = False  # the last command connection use succeeded
         self._topology_lock = asyncio.Lock()  # cluster: one topology refresh at a time
+        self._send_keys: dict[str, bytes] = {}  # peer -> its keys packed for SEND (bounded)
+        self._send_head = self._send_limit = self._send_ttl = b""
         self._settle_until = 0.0  # monotonic; before it, Redis may still miss peers other nodes re-register
         self._tasks: list[asyncio.Task[None]] = []
         self._expired = 0
@@ -151,6 +153,7 @@ class RedisBus(Bus):
             self._add_subscriber("redis", redis_wire.options(self.url))
             self._sha = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in scripts.items()}
             self._batcher = Batcher(self.url, {self._sha[n]: t for n, t in scripts.items()})
+            self._prepare_send()
             self._batcher.start()
         self._scripts = {name: self._redis.register_script(text) for name, text in scripts.items()}
         try:
@@ -259,7 +262,8 @@ class RedisBus(Bus):
                 await self._subscribe(channel.encode(), peer)
             async with self._guard():
                 registered = self._cmd("SADD", self._node_peers_key(self.node_id), peer)
-                res = await self._eval("ATTACH", [state, inbox, rooms, channel], [self.node_id, resume or ""])
+                res = await self._eval("ATTACH", [state, inbox, rooms, channel],
+                                       [self.node_id, resume or "", self.inbox_limit])
                 await registered
         except BaseException:
             await self._forget(peer, local)
@@ -305,10 +309,25 @@ class RedisBus(Bus):
 
     # -- messages --------------------------------------------------------------------
     async def send(self, to: str, body: bytes) -> Result:
-        state, inbox, _, channel = self._peer_keys(to)
+        # the hot path: on one Redis the command is packed from cached pieces and goes
+        # straight into the batcher (a pub/sub blip here does not stop sending)
         try:
-            async with self._guard(strict=False):  # a pub/sub blip here does not stop sending
-                res = await self._eval("SEND", [state, inbox, channel], [body, self.inbox_limit, _ms(), self._ttl_ms])
+            if self._batcher is None or self._redis is None:
+                async with self._guard(strict=False):
+                    state, inbox, _, channel = self._peer_keys(to)
+                    res = await self._eval("SEND", [state, inbox, channel],
+                                           [body, self.inbox_limit, _ms(), self._ttl_ms])
+            else:
+                try:
+                    try:
+                        res = await self._batcher.call_packed(self._packed_send(to, body))
+                    except NoScriptError:  # someone flushed the scripts: load them again, once
+                        await self._batcher.load_scripts()
+                        res = await self._batcher.call_packed(self._packed_send(to, body))
+                except (RedisError, OSError) as exc:
+                    self._healthy = False
+                    raise BusUnavailable(str(exc)) from exc
+                self._healthy = True
         except BusUnavailable:
             if self._deliver_here(to, body):
                 return Result(Outcome.DELIVERED)
@@ -316,6 +335,24 @@ class RedisBus(Bus):
         if res[0] == 0 and (self._settling() or not self._subscribed):
             raise BusUnavailable("Redis may have been reset; nodes are registering their peers again")
         return Result((Outcome.NO_PEER, Outcome.DELIVERED, Outcome.QUEUED)[res[0]])
+
+    def _prepare_send(self) -> None:
+        # EVALSHA sha 3 state inbox channel body limit now ttl: head, limit and ttl are constant
+        self._send_head = b"*10\r\n" + redis_wire.pack(("EVALSHA", self._sha["SEND"], 3))[4:]
+        self._send_limit = redis_wire.pack((self.inbox_limit,))[4:]
+        self._send_ttl = redis_wire.pack((self._ttl_ms,))[4:]
+
+    def _packed_send(self, to: str, body: bytes) -> bytes:
+        """EVALSHA SEND for `to` in RESP; the constant head and the peer's keys are cached."""
+        keys = self._send_keys.get(to)
+        if keys is None:
+            if len(self._send_keys) >= 65536:
+                self._send_keys.clear()
+            state, inbox, _, channel = self._peer_keys(to)
+            keys = self._send_keys[to] = redis_wire.pack((state, inbox, channel))[4:]  # minus "*3\r\n"
+        now = b"%d" % _ms()
+        return b"".join((self._send_head, keys, b"$%d\r\n" % len(body), body, b"\r\n", self._send_limit,
+                         b"$%d\r\n" % len(now), now, b"\r\n", self._send_ttl))
 
     def _settling(self) -> bool:
         """True for a while after Redis came back empty: until every live node has had
@@ -540,8 +577,12 @@ class RedisBus(Bus):
                 if local.epoch is None:
                     continue
                 state, inbox, _, _ = self._peer_keys(peer)
-                trimmed = await self._redis.hget(state, "trimmed")
-                if trimmed is not None and (parse_seq(trimmed.decode()) or ZERO) > (parse_seq(local.last_seq) or ZERO):
+                marked = await self._redis.hget(state, "trimmed")
+                trimmed = parse_seq(marked.decode()) if marked else None
+                if await self._redis.xlen(inbox) > self.inbox_limit:  # full: see redis_scripts
+                    oldest = parse_seq((await self._redis.xrange(inbox, "-", "+", count=1))[0][0].decode())
+                    trimmed = max(trimmed or ZERO, oldest or ZERO)
+                if trimmed is not None and trimmed > (parse_seq(local.last_seq) or ZERO):
                     local.mailbox.lost()
                     continue
                 for seq, fields in await self._redis.xrange(inbox, f"({local.last_seq}", "+"):

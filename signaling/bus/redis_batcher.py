@@ -77,9 +77,13 @@ class Batcher:
 
     def call(self, *args: Any) -> asyncio.Future[Any]:
         """Queue one command; the future gets its reply, or the error (a RedisError)."""
+        return self.call_packed(pack(args))
+
+    def call_packed(self, command: bytes) -> asyncio.Future[Any]:
+        """`call` with the command already in RESP (a hot path that packs its own)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._out.append(pack(args))
+        self._out.append(command)
         self._waits.append(future)
         if not self._flush_scheduled:
             self._flush_scheduled = True

@@ -3,8 +3,11 @@
 
 Per peer, all under the hash tag `{p:<id>}`:
   state   hash   epoch, node, connected (1/0), deadline (ms), delivered (seq),
-                 trimmed (highest seq the inbox bound pushed out)
-  inbox   stream the peer's deliveries, capped at the inbox limit; its ids are the seqs
+                 trimmed (set when the inbox was lost: a resume from before it has a gap)
+  inbox   stream the peer's deliveries; its ids are the seqs. Capped at the inbox limit
+                 PLUS ONE: once full, its oldest entry is not served, it marks the newest
+                 seq the bound pushed out (a resume from before it has a gap). So sending
+                 only appends (XADD MAXLEN), with no count or marker to keep up to date.
   rooms   set    the rooms the peer is in
 and its pub/sub channel, `<prefix>:{p:<id>}`. Per room, `{r:<name>}`: members (set).
 
@@ -27,7 +30,7 @@ local function cmp(a, b)
 end
 """
 
-# KEYS: state, inbox, rooms, channel   ARGV: node, resume ('' = none)
+# KEYS: state, inbox, rooms, channel   ARGV: node, resume ('' = none), inbox limit
 # -> {epoch, replaced epoch or -1, resumed 0/1, replay {{id, {'b', body}}...}, rooms, delivered}
 ATTACH = _CMP + """
 local state, inbox, rooms, channel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -37,11 +40,18 @@ local existed = prev[1] ~= false
 local epoch = redis.call('HINCRBY', state, 'epoch', 1)
 local replaced = -1
 if existed and prev[2] == '1' then replaced = tonumber(prev[1]) end
-local last, trimmed = '0-0', prev[4] or '0-0'
+local last, trimmed, first = '0-0', prev[4] or '0-0', nil
 if redis.call('EXISTS', inbox) == 1 then
   local info = redis.call('XINFO', 'STREAM', inbox)
+  local length, oldest = 0, nil
   for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then last = info[i + 1] end
+    if info[i] == 'last-generated-id' then last = info[i + 1]
+    elseif info[i] == 'length' then length = info[i + 1]
+    elseif info[i] == 'first-entry' and info[i + 1] then oldest = info[i + 1][1] end
+  end
+  if oldest and length > tonumber(ARGV[3]) then  -- full: the oldest marks what was pushed out
+    first = oldest
+    if cmp(trimmed, first) < 0 then trimmed = first end
   end
 end
 local resumed, start = 0, last
@@ -53,6 +63,7 @@ if existed then
     start = prev[3]
   end
 end
+if first and cmp(start, first) < 0 then start = first end  -- never serve the marker
 local replay = redis.call('XRANGE', inbox, '(' .. start, '+')
 local delivered = last
 if #replay > 0 then delivered = replay[#replay][1] end
@@ -114,11 +125,7 @@ local st = redis.call('HMGET', state, 'epoch', 'connected', 'deadline')
 if not st[1] then return {0} end
 local live = st[2] == '1'
 if not live and tonumber(st[3]) <= tonumber(ARGV[3]) then return {0} end
-if redis.call('XLEN', inbox) >= tonumber(ARGV[2]) then
-  -- the bound pushes the oldest out: remember it, a resume from before it has a gap
-  redis.call('HSET', state, 'trimmed', redis.call('XRANGE', inbox, '-', '+', 'COUNT', 1)[1][1])
-end
-local id = redis.call('XADD', inbox, 'MAXLEN', ARGV[2], '*', 'b', ARGV[1])
+local id = redis.call('XADD', inbox, 'MAXLEN', tonumber(ARGV[2]) + 1, '*', 'b', ARGV[1])  -- see the top
 if live then
   local heard = redis.call('PUBLISH', channel,
     cmsgpack.pack({v = 1, k = 'd', e = tonumber(st[1]), s = id, b = ARGV[1], t = tonumber(ARGV[3])}))

@@ -147,6 +147,21 @@ async def test_inbox_bound_makes_resume_fail(bus):
     assert [json.loads(body)["data"] for _, body in b.replay] == [2, 3, 4, 5]
 
 
+@pytest.mark.parametrize("missed", [4, 5])
+async def test_inbox_bound_exactly_full_still_resumes_one_more_does_not(bus, missed):
+    box = Box()
+    a = await bus.attach("bob", box)
+    await bus.send("bob", msg(0))
+    await box.wait(1)
+    last = box.got[-1][0]
+    await bus.detach("bob", a.epoch, final=False, delivered=last)
+    for n in range(1, missed + 1):  # the bound is 4
+        await bus.send("bob", msg(n))
+    b = await bus.attach("bob", Box(), resume=last)
+    assert b.resumed is (missed <= 4)
+    assert [json.loads(body)["data"] for _, body in b.replay] == list(range(missed - 3, missed + 1))
+
+
 async def test_rooms_join_leave_broadcast_and_events(bus):
     boxes = {p: Box() for p in "abc"}
     for p, box in boxes.items():

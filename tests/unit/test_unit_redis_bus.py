@@ -71,8 +71,20 @@ async def test_gap_repair_reports_a_gap_the_bound_cut_into():
     assert box.was_lost and box.got == []
 
 
+async def test_gap_repair_knows_a_full_inbox_pushed_out_what_its_oldest_entry_marks():
+    # inbox limit 10, 11 entries: full, the oldest (ids[0]) marks the newest seq pushed out
+    bus, box, ids = await _bus_with_inbox(11, trimmed=None)
+    bus._local["bob"][0].last_seq = ids[0]  # noqa: SLF001 - it has the marker: nothing is missing
+    await bus._repair_gaps()  # noqa: SLF001
+    assert [seq for seq, _ in box.got] == ids[1:] and not box.was_lost
+    bus, box, ids = await _bus_with_inbox(11, trimmed=None)
+    bus._local["bob"][0].last_seq = "1-0"  # noqa: SLF001 - from before the marker: a gap
+    await bus._repair_gaps()  # noqa: SLF001
+    assert box.was_lost and box.got == []
+
+
 def test_resp_packing():
-    from signaling.bus.redis_batcher import pack
+    from signaling.bus.redis_wire import pack
 
     assert pack(("SET", "k", b"v\r\n", 12)) == b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\r\n\r\n$2\r\n12\r\n"
     import hiredis
@@ -80,3 +92,18 @@ def test_resp_packing():
     reader = hiredis.Reader()
     reader.feed(pack(("EVALSHA", "abc", 1, "key", "é")))
     assert reader.gets() == [b"EVALSHA", b"abc", b"1", b"key", "é".encode()]
+
+
+def test_the_hot_path_packs_send_exactly_as_the_generic_packer_would(monkeypatch):
+    from signaling.bus import redis as redis_bus
+    from signaling.bus.redis_wire import pack
+
+    monkeypatch.setattr(redis_bus, "_ms", lambda: 1764201600123)
+    bus = RedisBus("redis://127.0.0.1:1/0", node_id="n1", grace=30.0, inbox_limit=256)
+    bus._sha = {"SEND": "f" * 40}  # noqa: SLF001
+    bus._prepare_send()  # noqa: SLF001 - what start() does once the scripts are known
+    body = b'{"type":"message","from":"a","data":"\xc3\xa9\\r\\n"}'
+    state, inbox, _, channel = bus._peer_keys("b:1")  # noqa: SLF001
+    expected = pack(("EVALSHA", "f" * 40, 3, state, inbox, channel, body, 256, 1764201600123, bus._ttl_ms))  # noqa: SLF001
+    assert bus._packed_send("b:1", body) == expected  # noqa: SLF001
+    assert bus._packed_send("b:1", body) == expected  # noqa: SLF001 - from the cache too
