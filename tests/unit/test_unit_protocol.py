@@ -167,6 +167,35 @@ def test_relayed_body_sets_from_to_sender():
     assert out == {"type": "offer", "to": "bob", "offer": {"type": "offer", "sdp": "v"}, "extra": [1], "from": "alice"}
 
 
+def test_a_client_object_without_from_or_seq_is_relayed_as_written_with_from_in_front():
+    raw = b' {"type":"message","to":"bob","data":{"n":123456789012345678901234567890,"s":"caf\\u00e9"}} '
+    body = p.relayed_body("alice", p.parse(raw))
+    assert body == b'{"from":"alice","type":"message","to":"bob","data":{"n":123456789012345678901234567890,"s":"caf\\u00e9"}} '
+    assert json.loads(p.with_seq(body, "5-0")) == {"seq": "5-0", "from": "alice", "type": "message", "to": "bob",
+                                                  "data": {"n": 123456789012345678901234567890, "s": "café"}}
+
+
+def test_a_client_from_or_seq_never_survives_the_relay():
+    for extra in ({"from": "mallory"}, {"seq": "9-9"}, {"from": "mallory", "seq": "9-9"}):
+        body = p.with_seq(p.relayed_body("alice", p.parse(frame(type="message", to="b", data=1, **extra))), "5-0")
+        assert body.count(b'"from"') == 1 and body.count(b'"seq"') == 1  # no duplicate key a parser might prefer
+        assert json.loads(body) == {"seq": "5-0", "from": "alice", "type": "message", "to": "b", "data": 1}
+
+
+def test_stored_bodies_cost_their_size_not_an_encoder_buffer():
+    import tracemalloc
+
+    msgs = [p.parse(frame(type="candidate", to="b", candidate={"candidate": "c" * 200}, **extra))
+            for extra in ({}, {"from": "x"})]  # relayed as written, and encoded again
+    for msg in msgs:
+        tracemalloc.start()
+        kept = [p.relayed_body("alice", msg) for _ in range(1000)]
+        kept.append(p.room_event("peer-joined", "r", "alice"))
+        used, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert used < 1000 * (len(kept[0]) + 100), used  # orjson's output alone is a 4 KiB allocation
+
+
 # -- error codes ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("raw", ["", "not json", "{", "{'type': 'ping'}", b"\xff\xfe", "NaN",
