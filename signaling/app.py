@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Iterable, Sequence
 
 from aiohttp import web
 
@@ -24,6 +24,7 @@ from . import bus as buses
 from .auth import AuthError, Verifier, ice_servers
 from .config import Settings
 from .core import Limits
+from .expiry import Expiries
 from .inbox import parse_seq
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import CloseCode
@@ -98,6 +99,8 @@ class Node:
         self.draining = False
         self.trusted_proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
         self._static_ice = json.loads(settings.ice_servers)
+        self.expiries: Expiries[Session] = Expiries(
+            lambda session: session.close(CloseCode.TOKEN_EXPIRED, "token expired"), time.time)
 
     @property
     def ready(self) -> bool:
@@ -106,6 +109,13 @@ class Node:
     def ice_servers(self, peer: str) -> list[dict[str, Any]]:
         s = self.settings
         return ice_servers(self._static_ice, s.turn_urls, s.turn_secret, s.turn_ttl, peer, time.time())
+
+    async def heartbeat_forever(self) -> None:
+        """Ticks every half `heartbeat`: see Session.tick."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat / 2)
+            for session in list(self.sessions):
+                session.tick()
 
     async def drain(self) -> None:
         """Leave the load balancer (/readyz 503 and new upgrades refused with 503), wait
@@ -145,8 +155,12 @@ def _json_error(status: int, error: str, message: str) -> web.Response:
     return web.json_response({"error": error, "message": message}, status=status)
 
 
+# The middlewares are plain functions that hand back the handler's coroutine rather than
+# coroutines awaiting it: a WebSocket's handler runs as long as the connection, and an
+# awaiting middleware would keep its frame (a few hundred bytes) alive just as long.
+
 @web.middleware
-async def forwarded(request: web.Request, handler: Any) -> web.StreamResponse:
+def forwarded(request: web.Request, handler: Any) -> Awaitable[web.StreamResponse]:
     """Name the client for the access log, trusting proxy headers only from trusted proxies."""
     node = request.app[NODE]
     if node.trusted_proxies:
@@ -154,14 +168,21 @@ async def forwarded(request: web.Request, handler: Any) -> web.StreamResponse:
                                 request.headers.get("X-Real-IP"), node.trusted_proxies)
         if client:
             request[CLIENT] = client
-    return await handler(request)
+    return handler(request)  # type: ignore[no-any-return]
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """HTTP errors answer with a JSON body, like every refusal of this service."""
+def json_errors(request: web.Request, handler: Any) -> Awaitable[web.StreamResponse]:
+    """HTTP errors answer with a JSON body, like every refusal of this service. (/ws
+    answers its refusals itself, so its long-lived handler runs unwrapped.)"""
+    if request.path == "/ws" and request.method == "GET":
+        return handler(request)  # type: ignore[no-any-return]
+    return _json_errors(request, handler)
+
+
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
-        return await handler(request)
+        return await handler(request)  # type: ignore[no-any-return]
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
@@ -195,7 +216,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return _json_error(exc.status, exc.code, exc.message)
     # uncompressed (signaling frames are small; the session writes frames itself), and text
     # frames as bytes: orjson reads them without a decode, and validates the UTF-8 itself
-    ws = web.WebSocketResponse(heartbeat=s.heartbeat, max_msg_size=s.max_frame_bytes, autoping=True,
+    # no aiohttp heartbeat (a timer per connection, and a callback per chunk received):
+    # Node.heartbeat_forever pings the quiet ones, and the session answers pings itself
+    ws = web.WebSocketResponse(heartbeat=None, max_msg_size=s.max_frame_bytes, autoping=False,
                                compress=False, decode_text=False)
     if not ws.can_prepare(request).ok:
         return _json_error(426, "upgrade-required", "this endpoint speaks WebSocket only")
@@ -256,7 +279,10 @@ def create_app(settings: Settings, bus: buses.Bus | None = None) -> web.Applicat
 
     async def bus_lifecycle(app: web.Application) -> AsyncIterator[None]:
         await bus.start()
+        heartbeats = asyncio.create_task(node.heartbeat_forever(), name="heartbeats")
         yield
+        heartbeats.cancel()
+        node.expiries.close()
         try:
             await asyncio.wait_for(bus.close(), BUS_CLOSE_TIMEOUT)
         except TimeoutError:

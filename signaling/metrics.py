@@ -32,6 +32,8 @@ class Metrics:
         self.expired = Gauge("signaling_inbox_expired", "Queued messages dropped before their peer came back (grace or bound).", registry=r)
         self.replayed = Counter("signaling_inbox_replayed", "Inbox messages replayed on reconnect.", registry=r)
         self.slow_consumers = Counter("signaling_slow_consumers", "Connections closed for falling behind.", registry=r)
+        self.heartbeat_timeouts = Counter("signaling_heartbeat_timeouts",
+                                          "Connections dropped for not answering a heartbeat ping.", registry=r)
         self.draining = Gauge("signaling_draining", "1 while this node drains.", registry=r)
         self.ready = Gauge("signaling_ready", "1 while /readyz answers 200.", registry=r)
 

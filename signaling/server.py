@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import gc
 import io
+import logging
 import signal
 import ssl
 from typing import Any
@@ -36,8 +37,23 @@ class ProxyAwareAccessLogger(AccessLogger):
         super().log(_AsSeen(request, client) if client else request, response, time_taken)  # type: ignore[arg-type]
 
 
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """A node holds ~100 container objects per connection, and CPython's default
+    (collect the young generation every 700 allocations, escalating from there) then
+    spends about half the CPU of a connection storm in the collector: measured 476
+    µs/connection at 6,000 connections, 288 µs with these thresholds. Cyclic garbage
+    is still collected, in bigger, rarer batches. (No gc.freeze(): with start-up's
+    objects out of the count, CPython's rule that a full collection waits until a
+    quarter of the long-lived objects are new fires far more often: 421 µs.)"""
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run(settings: Settings) -> None:
     """Serve on uvloop when it is installed (a faster event loop), else on asyncio's own."""
+    tune_gc()
     try:
         import uvloop
     except ImportError:

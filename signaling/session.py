@@ -53,6 +53,14 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
+def control_frame(opcode: int, payload: bytes) -> bytes:
+    """A control frame (ping 0x89, pong 0x8A): at most 125 bytes of payload."""
+    return bytes((opcode, len(payload))) + payload
+
+
+PING_FRAME = control_frame(0x89, b"")
+
+
 def _close_code(code: int) -> CloseCode | int:
     try:
         return CloseCode(code)
@@ -63,7 +71,7 @@ def _close_code(code: int) -> CloseCode | int:
 class Session:
     __slots__ = ("node", "ws", "peer", "identity", "core", "epoch", "started", "_pending", "_last_seq",
                  "_written", "_send_buffer", "_transport", "_closing", "_stopped", "_handling", "_handled",
-                 "_client_closed", "_expiry", "_closer", "__weakref__")  # one per connection: keep it small
+                 "_client_closed", "ended", "_closer", "heard", "pinged", "__weakref__")  # one per connection: keep it small
 
     def __init__(self, node: Node, ws: web.WebSocketResponse, identity: Identity) -> None:
         self.node = node
@@ -84,7 +92,9 @@ class Session:
         self._handling = False  # a client frame is being handled
         self._handled: asyncio.Future[None] | None = None  # made only when a close waits for that frame
         self._client_closed = False
-        self._expiry: asyncio.TimerHandle | None = None
+        self.ended = False  # the connection is over (token expiry forgets it)
+        self.heard = False  # a frame arrived since the last heartbeat tick
+        self.pinged = False  # a ping went out at the last tick and nothing has been heard since
         self._closer: asyncio.Future[None] | None = None  # the close handshake, once started
 
     # -- Mailbox (called by the bus) -----------------------------------------------
@@ -113,8 +123,7 @@ class Session:
     # -- lifecycle -----------------------------------------------------------------
     async def run(self, resume: str | None) -> None:
         try:
-            attached = await self.node.bus.attach(self.peer, self, resume)
-            self._start(attached)
+            self._start(await self.node.bus.attach(self.peer, self, resume))  # (no local: it would live on)
             await self._read_loop()
         except BusUnavailable:
             log.warning("bus unavailable while attaching %s", self.peer)
@@ -144,9 +153,7 @@ class Session:
             self.deliver(seq, body)
         self._pending = None
         if self.identity.expires is not None:
-            delay = max(0.0, self.identity.expires - time.time())
-            self._expiry = asyncio.get_running_loop().call_later(
-                delay, self.close, CloseCode.TOKEN_EXPIRED, "token expired")
+            self.node.expiries.add(self, self.identity.expires)
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Close this connection with `code` (idempotent, non-blocking)."""
@@ -168,8 +175,9 @@ class Session:
         await self.ws.close(code=code, message=reason.encode())
 
     async def _finish(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
+        self.ended = True
+        if self.identity.expires is not None and self.started:
+            self.node.expiries.forget(self)
         if self._closer is not None:
             await asyncio.gather(self._closer, return_exceptions=True)
         code = self._closing if self._closing is not None else self.ws.close_code
@@ -187,12 +195,18 @@ class Session:
         ws = self.ws
         while True:
             msg = await ws.receive()
+            self.heard = True
             if self._closing is not None:
                 return  # closing: a frame not yet handled stays unhandled (and unacked), never half-done
             if msg.type is WSMsgType.TEXT:
                 effects = self.core.receive(msg.data, time.monotonic())
             elif msg.type is WSMsgType.BINARY:
                 effects = self.core.receive(msg.data, time.monotonic(), binary=True)
+            elif msg.type is WSMsgType.PONG:
+                continue
+            elif msg.type is WSMsgType.PING:
+                self._write_frame(control_frame(0x8A, msg.data))  # pong, echoing its payload
+                continue
             else:
                 if msg.type is WSMsgType.CLOSE and self._closing is None:
                     self._client_closed = True  # the client said goodbye first
@@ -247,8 +261,27 @@ class Session:
             m.error(reply.code)
         self._write(reply.frame)
 
+    def tick(self) -> None:
+        """One heartbeat tick (every half `heartbeat`): a connection heard from since the
+        last tick is fine; one that was not gets a ping; one that did not answer that
+        ping by the next tick is dropped (it vanished: it starts its grace)."""
+        if not self.started or self._closing is not None:
+            return
+        if self.heard:
+            self.heard = self.pinged = False
+        elif not self.pinged:
+            self.pinged = self._write_frame(PING_FRAME)
+        else:
+            self.node.metrics.heartbeat_timeouts.inc()
+            self._stopped = True
+            if self._transport is not None:
+                self._transport.abort()  # the read loop ends; ws.close_code is 1006
+
     def _write(self, payload: bytes) -> bool:
         """Write one text frame now; False if the connection cannot take it."""
+        return self._write_frame(text_frame(payload))
+
+    def _write_frame(self, frame: bytes) -> bool:
         if self._stopped:
             return False
         transport = self._transport
@@ -257,7 +290,7 @@ class Session:
             transport = self._transport = req.transport if req is not None else None
         if transport is None or transport.is_closing():
             return False
-        transport.write(text_frame(payload))
+        transport.write(frame)
         if transport.get_write_buffer_size() > self._send_buffer:
             self.node.metrics.slow_consumers.inc()
             self._stopped = True  # nothing more: the client resumes from its inbox

@@ -326,6 +326,8 @@ async def test_glare_is_resolved_by_the_polite_side(page):
       await Promise.all([opened(da), opened(db)]);
       db.onmessage = (e) => db.send("pong:" + e.data);
       const reply = await echo(da, "ping");
+      // a data channel can open on one side a moment before that side's connectionState says so
+      await until(() => la.pc.connectionState === "connected" && lb.pc.connectionState === "connected", 5000);
       return { reply, politeA: la.polite, politeB: lb.polite, na: la.negotiations, nb: lb.negotiations,
                states: [la.pc.connectionState, lb.pc.connectionState] };
     }""")

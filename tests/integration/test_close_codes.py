@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
+import pytest
+
 from signaling import auth
 from support import SECRET, Client, eventually, join_all
 from test_errors import FaultyBus
@@ -107,6 +110,32 @@ async def test_heartbeat_closes_a_client_that_stops_answering(make_node, connect
     assert time.monotonic() - started < 2.0  # ping at 0.4 s, no pong within 0.2 s
     bus = make_node.nodes[node].bus
     await eventually(lambda: bus.directory.owner("alice")[1] is False)  # dropped: reconnecting, not gone
+
+
+async def test_a_quiet_client_that_answers_pings_stays_and_its_own_pings_get_pongs(make_node, connect):
+    node = await make_node(heartbeat=0.2, grace=5)
+    alice = await Client.connect(node, peer="alice")
+    alice.ws._autoping = False  # noqa: SLF001 - read the control frames ourselves
+    pings, deadline = 0, time.monotonic() + 1.2
+    while time.monotonic() < deadline:  # six heartbeats of silence but for the pongs
+        msg = await alice.ws.receive(timeout=1.0)
+        assert msg.type is aiohttp.WSMsgType.PING, msg
+        pings += 1
+        await alice.ws.pong(msg.data)
+    assert 3 <= pings <= 8  # about one per heartbeat while nothing else is heard
+    await alice.ws.ping(b"are you there")
+    msg = await alice.ws.receive(timeout=2)
+    while msg.type is aiohttp.WSMsgType.PING:  # the server's own heartbeat may come first
+        await alice.ws.pong(msg.data)
+        msg = await alice.ws.receive(timeout=2)
+    assert msg.type is aiohttp.WSMsgType.PONG and msg.data == b"are you there"
+    await alice.send(type="ping")
+    msg = await alice.ws.receive(timeout=2)
+    while msg.type is aiohttp.WSMsgType.PING:
+        await alice.ws.pong(msg.data)
+        msg = await alice.ws.receive(timeout=2)
+    assert msg.json()["type"] == "pong"
+    await alice.close()
 
 
 async def test_a_frame_being_handled_when_the_node_drains_still_gets_its_receipt(make_node, connect):
