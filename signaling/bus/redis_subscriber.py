@@ -47,14 +47,24 @@ class _Protocol(asyncio.Protocol):
         self.pending: collections.deque[tuple[bytes, Any]] = collections.deque()  # commands awaiting a reply
         self.closed = asyncio.get_running_loop().create_future()
         self.heard = 0  # chunks received: PING only a quiet connection
+        self.out: list[bytes] = []  # commands not yet written (this loop turn)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def command(self, *args: Any, expect: bytes, key: Any = None) -> None:
+        """Queue a command; the commands of one loop turn go out in one write (a connect
+        storm subscribes hundreds of channels a turn)."""
         assert self.transport is not None
         self.pending.append((expect, key))
-        self.transport.write(pack(args))
+        self.out.append(pack(args))
+        if len(self.out) == 1:
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        out, self.out = self.out, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))
 
     def data_received(self, data: bytes) -> None:
         self.heard += 1
