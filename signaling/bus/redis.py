@@ -178,6 +178,10 @@ class RedisBus(Bus):
         """Cluster: a primary's pub/sub connection dropped. If the cluster has failed over
         (or moved slots), follow it: subscribe each channel on the primary that owns its
         slot now, drop subscribers of servers that are no longer primaries."""
+        # while a primary is unreachable, and for a heartbeat after, "no such peer" may
+        # only mean its replica had not caught up (see below): called again after each
+        # failed reconnect, this keeps the window open for the whole outage
+        self._settle_until = max(self._settle_until, time.monotonic() + self.node_ttl)
         async with self._topology_lock:
             try:
                 await self._redis.nodes_manager.initialize()
@@ -204,9 +208,17 @@ class RedisBus(Bus):
             for name, node in primaries.items():
                 if name not in self._subscribers:
                     self._add_subscriber(name, {"host": node.host, "port": node.port})
-            if moved:
-                log.warning("cluster changed: %d channels now on other primaries", moved)
+            if moved or stale:
+                # a failover: the new primary may lack what the old one had not yet
+                # replicated (peers' state included) while their nodes register them
+                # again, so "no such peer" is not trusted for a heartbeat, even by a node
+                # none of whose own channels moved
+                log.warning("cluster changed: %d channels now on other primaries, %d primaries gone",
+                            moved, len(stale))
                 self._settle_until = time.monotonic() + self.node_ttl
+                with contextlib.suppress(RedisError, OSError, BusUnavailable):
+                    await self._register_again()  # what the new primary lost of our peers
+            if moved:
                 with contextlib.suppress(RedisError, OSError):
                     await self._repair_gaps()
         for sub in stale:  # last: the caller may be one of them, and closing cancels it
