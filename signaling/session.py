@@ -122,9 +122,42 @@ class Session:
 
     # -- lifecycle -----------------------------------------------------------------
     async def run(self, resume: str | None) -> None:
+        """Attach, then read frames until the connection ends, then detach. (One coroutine,
+        not a reader called from here: each coroutine frame is kept for the connection's
+        life, ~250 bytes a connection.)"""
+        ws = self.ws
         try:
             self._start(await self.node.bus.attach(self.peer, self, resume))  # (no local: it would live on)
-            await self._read_loop()
+            while True:
+                msg = await ws.receive()
+                self.heard = True
+                if self._closing is not None:
+                    break  # closing: a frame not yet handled stays unhandled (and unacked), never half-done
+                if msg.type is WSMsgType.TEXT:
+                    effects = self.core.receive(msg.data, time.monotonic())
+                elif msg.type is WSMsgType.BINARY:
+                    effects = self.core.receive(msg.data, time.monotonic(), binary=True)
+                elif msg.type is WSMsgType.PONG:
+                    continue
+                elif msg.type is WSMsgType.PING:
+                    self._write_frame(control_frame(0x8A, msg.data))  # pong, echoing its payload
+                    continue
+                else:
+                    if msg.type is WSMsgType.CLOSE and self._closing is None:
+                        self._client_closed = True  # the client said goodbye first
+                    elif msg.type is WSMsgType.ERROR and isinstance(getattr(msg.data, "code", None), int):
+                        self._closing = self._closing or _close_code(msg.data.code)  # aiohttp closed it (1009)
+                    break  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp closed it: 1009 for size)
+                self.node.metrics.message_in(self.core.kind)
+                self._handling = True
+                try:
+                    await self._perform(effects)
+                finally:
+                    self._handling = False
+                    if self._handled is not None and not self._handled.done():
+                        self._handled.set_result(None)
+                if self._closing is not None:
+                    break
         except BusUnavailable:
             log.warning("bus unavailable while attaching %s", self.peer)
             self.close(CloseCode.INTERNAL, "cluster unavailable; reconnect later")
@@ -141,7 +174,8 @@ class Session:
 
     def _start(self, attached: Attached) -> None:
         self.epoch = attached.epoch
-        self.core.rooms.update(attached.rooms)
+        if attached.rooms:
+            self.core.rooms = self.core.rooms | attached.rooms
         s = self.node.settings
         ice = self.node.ice_servers(self.peer)
         heartbeat = int(s.heartbeat) if float(s.heartbeat).is_integer() else s.heartbeat
@@ -190,40 +224,7 @@ class Session:
                 log.warning("bus unavailable while detaching %s; its grace runs out on its own", self.peer)
         log.debug("closed %s code=%s final=%s", self.peer, code, final, extra={"peer": self.peer})
 
-    # -- reading ---------------------------------------------------------------------
-    async def _read_loop(self) -> None:
-        ws = self.ws
-        while True:
-            msg = await ws.receive()
-            self.heard = True
-            if self._closing is not None:
-                return  # closing: a frame not yet handled stays unhandled (and unacked), never half-done
-            if msg.type is WSMsgType.TEXT:
-                effects = self.core.receive(msg.data, time.monotonic())
-            elif msg.type is WSMsgType.BINARY:
-                effects = self.core.receive(msg.data, time.monotonic(), binary=True)
-            elif msg.type is WSMsgType.PONG:
-                continue
-            elif msg.type is WSMsgType.PING:
-                self._write_frame(control_frame(0x8A, msg.data))  # pong, echoing its payload
-                continue
-            else:
-                if msg.type is WSMsgType.CLOSE and self._closing is None:
-                    self._client_closed = True  # the client said goodbye first
-                elif msg.type is WSMsgType.ERROR and isinstance(getattr(msg.data, "code", None), int):
-                    self._closing = self._closing or _close_code(msg.data.code)  # aiohttp closed it (1009)
-                return  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp closed it: 1009 for size)
-            self.node.metrics.message_in(self.core.kind)
-            self._handling = True
-            try:
-                await self._perform(effects)
-            finally:
-                self._handling = False
-                if self._handled is not None and not self._handled.done():
-                    self._handled.set_result(None)
-            if self._closing is not None:
-                return
-
+    # -- handling a frame ------------------------------------------------------------
     async def _perform(self, effects: list[core.Effect]) -> None:
         for effect in effects:
             if isinstance(effect, core.Reply):

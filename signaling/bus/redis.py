@@ -55,7 +55,7 @@ class _Local:
     epoch: int | None = None  # None until its attach script has answered
     pending: list[envelope.Envelope] = field(default_factory=list)  # arrived before the epoch was known
     last_seq: str = "0-0"  # last seq handed to the mailbox (for gap repair after a reconnect)
-    rooms: set[str] = field(default_factory=set)  # its rooms, to register again if Redis loses them
+    rooms: frozenset[str] = frozenset()  # its rooms, to register again if Redis loses them (replaced on change)
 
 
 def _ms() -> int:
@@ -282,7 +282,7 @@ class RedisBus(Bus):
             raise
         epoch, replaced, resumed, replay, members, delivered = res
         local.epoch, local.last_seq = int(epoch), delivered.decode()
-        local.rooms = {m.decode() for m in members}
+        local.rooms = frozenset(m.decode() for m in members) if members else frozenset()
         if replay:
             local.last_seq = replay[-1][0].decode()
         pending, local.pending = local.pending, []
@@ -291,7 +291,7 @@ class RedisBus(Bus):
         with contextlib.suppress(RedisError, OSError):
             await self._cmd("ZREM", self.grace_key, peer)
         return Attached(int(epoch), int(replaced) if int(replaced) >= 0 else None, bool(resumed),
-                        [(seq.decode(), fields[1]) for seq, fields in replay], frozenset(local.rooms))
+                        [(seq.decode(), fields[1]) for seq, fields in replay], local.rooms)
 
     async def detach(self, peer: str, epoch: int, *, final: bool, delivered: str | None = None) -> None:
         local = next((x for x in self._local.get(peer, []) if x.epoch == epoch), None)
@@ -423,14 +423,14 @@ class RedisBus(Bus):
                 return Result(Outcome.ROOM_FULL)
         others = sorted(m.decode() for m in res[1] if m.decode() != peer)
         for local in self._local.get(peer, ()):
-            local.rooms.add(room)
+            local.rooms = local.rooms | {room}
         if res[0] == 1:
             await self._fan_out(room, peer, others, room_event("peer-joined", room, peer))
         return Result(Outcome.OK, peers=others)
 
     async def leave(self, peer: str, room: str) -> Result:
         for local in self._local.get(peer, ()):
-            local.rooms.discard(room)
+            local.rooms = local.rooms - {room}
         if not await self._leave_room(peer, room):
             return Result(Outcome.NOT_IN_ROOM)
         return Result(Outcome.OK)
