@@ -109,7 +109,7 @@ class _PreparedHMAC(HMACAlgorithm):
         self._prepared = super().prepare_key(secret)
 
     def prepare_key(self, key: Any) -> bytes:
-        return self._prepared if key is self._secret or key == self._secret else super().prepare_key(key)
+        return self._prepared if key == self._secret else super().prepare_key(key)
 
 
 def _hs256_key(secret: str) -> jwt.PyJWK:

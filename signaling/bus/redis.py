@@ -31,7 +31,7 @@ from typing import Any, AsyncIterator
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from .. import envelope
 from ..directory import Attached, Outcome, Result
@@ -324,18 +324,15 @@ class RedisBus(Bus):
         # the hot path: on one Redis the command is packed from cached pieces and goes
         # straight into the batcher (a pub/sub blip here does not stop sending)
         try:
-            if self._batcher is None or self._redis is None:
+            batcher = self._batcher
+            if batcher is None:  # Redis Cluster (or not started: the guard says so)
                 async with self._guard(strict=False):
                     state, inbox, _, channel = self._peer_keys(to)
                     res = await self._eval("SEND", [state, inbox, channel],
                                            [body, self.inbox_limit, _ms(), self._ttl_ms])
             else:
                 try:
-                    try:
-                        res = await self._batcher.call_packed(self._packed_send(to, body))
-                    except NoScriptError:  # someone flushed the scripts: load them again, once
-                        await self._batcher.load_scripts()
-                        res = await self._batcher.call_packed(self._packed_send(to, body))
+                    res = await batcher.call_packed(self._packed_send(to, body))
                 except (RedisError, OSError) as exc:
                     self._healthy = False
                     raise BusUnavailable(str(exc)) from exc
@@ -350,9 +347,9 @@ class RedisBus(Bus):
 
     def _prepare_send(self) -> None:
         # EVALSHA sha 3 state inbox channel body limit now ttl: head, limit and ttl are constant
-        self._send_head = b"*10\r\n" + redis_wire.pack(("EVALSHA", self._sha["SEND"], 3))[4:]
-        self._send_limit = redis_wire.pack((self.inbox_limit,))[4:]
-        self._send_ttl = redis_wire.pack((self._ttl_ms,))[4:]
+        self._send_head = b"*10\r\n" + redis_wire.bulk(("EVALSHA", self._sha["SEND"], 3))
+        self._send_limit = redis_wire.bulk((self.inbox_limit,))
+        self._send_ttl = redis_wire.bulk((self._ttl_ms,))
 
     def _packed_send(self, to: str, body: bytes) -> bytes:
         """EVALSHA SEND for `to` in RESP; the constant head and the peer's keys are cached."""
@@ -361,8 +358,8 @@ class RedisBus(Bus):
             if len(self._send_keys) >= 65536:
                 self._send_keys.clear()
             state, inbox, _, channel = self._peer_keys(to)
-            keys = self._send_keys[to] = redis_wire.pack((state, inbox, channel))[4:]  # minus "*3\r\n"
-        now = b"%d" % _ms()
+            keys = self._send_keys[to] = redis_wire.bulk((state, inbox, channel))
+        now = b"%d" % _ms()  # body and now formatted here, not by bulk(): this runs per message
         return b"".join((self._send_head, keys, b"$%d\r\n" % len(body), body, b"\r\n", self._send_limit,
                          b"$%d\r\n" % len(now), now, b"\r\n", self._send_ttl))
 
@@ -480,17 +477,8 @@ class RedisBus(Bus):
     def _eval(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run script `name` (an awaitable): batched on one Redis, routed by key on a cluster."""
         if self._batcher is not None:
-            sent = self._batcher.call("EVALSHA", self._sha[name], len(keys), *keys, *args)  # sent now, in order
-            return self._unless_noscript(sent, name, keys, args)
+            return self._batcher.call("EVALSHA", self._sha[name], len(keys), *keys, *args)  # sent now, in order
         return self._scripts[name](keys=keys, args=args)
-
-    async def _unless_noscript(self, sent: Any, name: str, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await sent
-        except NoScriptError:  # someone flushed the scripts: load them again, once
-            assert self._batcher is not None
-            await self._batcher.load_scripts()
-            return await self._batcher.call("EVALSHA", self._sha[name], len(keys), *keys, *args)
 
     def _cmd(self, *args: Any) -> Any:
         """Run one plain command (an awaitable), batched like `_eval`."""

@@ -7,8 +7,8 @@ once (one syscall each way per batch, no connection pool to run dry, no task per
 command). Order is kept: commands reach Redis in the order `call` was called.
 
 Scripts are loaded on every new connection, so EVALSHA works after a Redis restart;
-a NOSCRIPT reply (someone flushed the scripts) is raised as `NoScriptError` and the
-caller loads them again (`load_scripts`) and retries.
+on a NOSCRIPT reply (someone flushed the scripts) the batcher loads them again and
+sends that command once more, so callers never see it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class _Protocol(asyncio.Protocol):
         self.batcher = batcher
         self.reader = hiredis.Reader()
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()  # in the order sent
+        self.commands: collections.deque[bytes] = collections.deque()  # what each of those was
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -42,12 +43,15 @@ class _Protocol(asyncio.Protocol):
             reply = self.reader.gets()
             if reply is False:
                 return
-            future = self.waiting.popleft()
+            future, command = self.waiting.popleft(), self.commands.popleft()
             if future.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 text = str(reply)
-                future.set_exception(NoScriptError(text) if text.startswith("NOSCRIPT") else ResponseError(text))
+                if text.startswith("NOSCRIPT"):
+                    self.batcher._noscript(future, command, text)  # noqa: SLF001
+                else:
+                    future.set_exception(ResponseError(text))
             else:
                 future.set_result(reply)
 
@@ -65,6 +69,7 @@ class Batcher:
         self._out: list[bytes] = []  # packed, not yet written (this loop turn)
         self._waits: list[asyncio.Future[Any]] = []  # their futures, in the same order
         self._flush_scheduled = False
+        self._retried: set[asyncio.Future[Any]] = set()  # commands sent again after a NOSCRIPT
 
     def start(self) -> None:
         """Nothing to start: the connection is made on first use."""
@@ -90,8 +95,26 @@ class Batcher:
             loop.call_soon(self._flush)
         return future
 
-    async def load_scripts(self) -> None:
-        await asyncio.gather(*(self.call("SCRIPT", "LOAD", text) for text in self._scripts.values()))
+    def _noscript(self, future: asyncio.Future[Any], command: bytes, error: str) -> None:
+        """Redis lost the scripts: load them again and send `command` once more (in
+        order after the loads); a second NOSCRIPT is the caller's error."""
+        if future in self._retried:
+            future.set_exception(NoScriptError(error))
+            return
+        for text in self._scripts.values():
+            self.call("SCRIPT", "LOAD", text).add_done_callback(_retrieved)
+        again = self.call_packed(command)
+        self._retried.add(again)
+
+        def settle(done: asyncio.Future[Any]) -> None:
+            self._retried.discard(done)
+            if future.done():
+                return
+            if done.exception() is not None:
+                future.set_exception(done.exception())  # type: ignore[arg-type]
+            else:
+                future.set_result(done.result())
+        again.add_done_callback(settle)
 
     # ------------------------------------------------------------------------------
     def _flush(self) -> None:
@@ -103,6 +126,7 @@ class Batcher:
             return  # written once connected
         out, waits, self._out, self._waits = self._out, self._waits, [], []
         protocol.waiting.extend(waits)
+        protocol.commands.extend(out)
         protocol.transport.write(b"".join(out))
         # replies come in order: when the batch's last one is late, the connection is dead
         handle = asyncio.get_running_loop().call_later(self._timeout, self._timed_out, protocol, waits[-1])
@@ -139,9 +163,11 @@ class Batcher:
 
     def _send_now(self, protocol: _Protocol, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         future = asyncio.get_running_loop().create_future()
+        command = pack(args)
         protocol.waiting.append(future)
+        protocol.commands.append(command)
         assert protocol.transport is not None
-        protocol.transport.write(pack(args))
+        protocol.transport.write(command)
         return future
 
     def _lost(self, protocol: _Protocol, exc: Exception) -> None:
@@ -149,9 +175,15 @@ class Batcher:
             self._protocol = None
         self._fail(list(protocol.waiting), exc)
         protocol.waiting.clear()
+        protocol.commands.clear()
 
     @staticmethod
     def _fail(futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
         for future in futures:
             if not future.done():
                 future.set_exception(exc)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # a failed reload shows in the retried command's own reply

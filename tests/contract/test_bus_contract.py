@@ -112,13 +112,19 @@ async def test_later_attach_wins_and_the_earlier_mailbox_hears_nothing_more(bus)
     assert (await bus.send("bob", msg(2))).outcome is Outcome.DELIVERED
 
 
-async def test_reconnecting_peer_queues_then_resumes_exactly_once(bus):
+async def _away_after_one(bus: Bus) -> str:
+    """bob gets message 0, then his connection drops (reconnecting); his last seq."""
     box = Box()
     a = await bus.attach("bob", box)
     await bus.send("bob", msg(0))
     await box.wait(1)
     last = box.got[-1][0]
     await bus.detach("bob", a.epoch, final=False, delivered=last)
+    return last
+
+
+async def test_reconnecting_peer_queues_then_resumes_exactly_once(bus):
+    last = await _away_after_one(bus)
     for n in (1, 2):
         assert (await bus.send("bob", msg(n))).outcome is Outcome.QUEUED
     again = Box()
@@ -127,11 +133,7 @@ async def test_reconnecting_peer_queues_then_resumes_exactly_once(bus):
 
 
 async def test_reconnect_without_resume_starts_after_what_was_delivered(bus):
-    box = Box()
-    a = await bus.attach("bob", box)
-    await bus.send("bob", msg(0))
-    await box.wait(1)
-    await bus.detach("bob", a.epoch, final=False, delivered=box.got[-1][0])
+    await _away_after_one(bus)
     await bus.send("bob", msg(1))
     b = await bus.attach("bob", Box())
     assert not b.resumed and [json.loads(body)["data"] for _, body in b.replay] == [1]
@@ -149,12 +151,7 @@ async def test_inbox_bound_makes_resume_fail(bus):
 
 @pytest.mark.parametrize("missed", [4, 5])
 async def test_inbox_bound_exactly_full_still_resumes_one_more_does_not(bus, missed):
-    box = Box()
-    a = await bus.attach("bob", box)
-    await bus.send("bob", msg(0))
-    await box.wait(1)
-    last = box.got[-1][0]
-    await bus.detach("bob", a.epoch, final=False, delivered=last)
+    last = await _away_after_one(bus)
     for n in range(1, missed + 1):  # the bound is 4
         await bus.send("bob", msg(n))
     b = await bus.attach("bob", Box(), resume=last)
