@@ -19,6 +19,7 @@ connection wins). A detach or delivery for an older epoch is ignored.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .inbox import Entry, Inbox, Seq, format_seq, parse_seq
@@ -57,8 +58,8 @@ class Attached:
 @dataclass(slots=True)
 class Result:
     outcome: Outcome
-    deliveries: list[Delivery] = field(default_factory=list)
-    peers: list[str] = field(default_factory=list)  # join: the others already in the room
+    deliveries: Sequence[Delivery] = ()
+    peers: Sequence[str] = ()  # join: the others already in the room
 
 
 @dataclass
@@ -141,7 +142,7 @@ class Directory:
         delivery = self._store(to, record, body, now)
         if delivery is None:
             return Result(Outcome.QUEUED)
-        return Result(Outcome.DELIVERED, [delivery])
+        return Result(Outcome.DELIVERED, (delivery,))
 
     def broadcast(self, sender: str, room: str, body: bytes, now: float) -> Result:
         members = self.rooms.get(room)

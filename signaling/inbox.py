@@ -24,6 +24,12 @@ def parse_seq(text: str | None) -> Seq | None:
     return int(ms), int(n)
 
 
+def seq_key(text: str) -> Seq:
+    """`parse_seq` for a seq the bus made (trusted, well formed): no checks."""
+    ms, _, n = text.partition("-")
+    return int(ms), int(n)
+
+
 def format_seq(seq: Seq) -> str:
     return f"{seq[0]}-{seq[1]}"
 

@@ -112,16 +112,22 @@ def loads(frame: str | bytes) -> Any:
 
     Raises ValueError. Everything it accepts, `dumps` can encode again, so a relayed
     object reaches its recipient intact. orjson reads integers beyond 64 bits as
-    floats; a frame that may hold one (a run of 20 digits) is read again, exactly,
-    by the standard library once orjson has vetted it. (The run is found with a
-    byte translation, several times cheaper than a regular expression.)
-    """
-    if isinstance(frame, str):
-        frame = frame.encode("utf-8", "surrogatepass")  # orjson refuses what this lets through
-    obj = orjson.loads(frame)
-    if _TWENTY_DIGITS in frame.translate(_DIGITS):
+    floats; a frame that may hold one is read again, exactly (`_exact`)."""
+    raw = _utf8(frame)
+    return _exact(raw, orjson.loads(raw))
+
+
+def _utf8(frame: str | bytes) -> bytes:
+    return frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame  # orjson refuses what this lets through
+
+
+def _exact(raw: bytes, obj: Any) -> Any:
+    """`obj` (orjson's reading of `raw`), or the standard library's exact reading when
+    `raw` holds a run of 20 digits (an integer that may be beyond 64 bits; the run is
+    found with a byte translation, several times cheaper than a regular expression)."""
+    if _TWENTY_DIGITS in raw.translate(_DIGITS):
         try:
-            obj = json.loads(frame)
+            return json.loads(raw)
         except RecursionError:
             raise ValueError("JSON nested too deeply") from None
     return obj
@@ -155,23 +161,25 @@ def peek_id(frame: str | bytes) -> ReceiptId:
 
 def parse(frame: str | bytes) -> ClientMessage:
     """One client text frame -> a message, or ProtocolError with the code to answer."""
+    raw = _utf8(frame)
     try:
-        obj = loads(frame)
+        obj = orjson.loads(raw)
+        if not _verbatim(obj):  # its values are used: read big integers exactly
+            obj = _exact(raw, obj)
     except ValueError:
         raise ProtocolError(ErrorCode.BAD_JSON, "frame is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_JSON, "frame is not a JSON object")
-    rid = receipt_id(obj)
-    if obj.get("id") is not None and rid is None:  # `"id": null` means no receipt
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"`id` must be a string (at most {MAX_ID_LENGTH} characters) or an integer")
+    rid = None
+    if obj.get("id") is not None:  # `"id": null` means no receipt
+        rid = receipt_id(obj)
+        if rid is None:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"`id` must be a string (at most {MAX_ID_LENGTH} characters) or an integer")
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "`type` must be a string", rid)
     if kind in RELAY_TYPES:
-        relay = _parse_relay(kind, obj, rid)
-        if "from" not in obj and "seq" not in obj:  # nothing to strip: relay the client's text
-            relay.frame = frame.encode("utf-8") if isinstance(frame, str) else bytes(frame)
-        return relay
+        return _parse_relay(kind, obj, rid, raw)
     if kind == "ping":
         return Ping(rid)
     if kind in ("join", "leave"):
@@ -182,13 +190,27 @@ def parse(frame: str | bytes) -> ClientMessage:
     raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown type {kind[:64]!r}", rid)
 
 
-def _parse_relay(kind: str, obj: dict[str, Any], rid: ReceiptId) -> Relay:
+def _verbatim(obj: Any) -> bool:
+    """A relayed message whose text goes out as it came: of its values the node reads
+    only strings and types (`to`, `room`, the payload's shape), which orjson reads
+    exactly, and its `id` when that is not a float (an integer beyond 64 bits is one)."""
+    if type(obj) is not dict:
+        return False
+    kind = obj.get("type")
+    return (type(kind) is str and kind in RELAY_TYPES and "from" not in obj and "seq" not in obj
+            and type(obj.get("id")) is not float)
+
+
+def _parse_relay(kind: str, obj: dict[str, Any], rid: ReceiptId, raw: bytes) -> Relay:
     to, room = obj.get("to"), obj.get("room")
-    if (to is None) == (room is None):
+    if to is not None:
+        if room is not None:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "give exactly one of `to` and `room`", rid)
+        if not is_name(to):
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "`to` must be a peer id: 1-64 characters of A-Z a-z 0-9 . _ - : @", rid)
+    elif room is None:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "give exactly one of `to` and `room`", rid)
-    if to is not None and not is_name(to):
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, "`to` must be a peer id: 1-64 characters of A-Z a-z 0-9 . _ - : @", rid)
-    if room is not None and not is_name(room):
+    elif not is_name(room):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "`room` must be 1-64 characters of A-Z a-z 0-9 . _ - : @", rid)
     field_name, required = RELAY_TYPES[kind]
     if field_name not in obj:
@@ -198,10 +220,9 @@ def _parse_relay(kind: str, obj: dict[str, Any], rid: ReceiptId) -> Relay:
         problem = _check_payload(kind, obj[field_name])
         if problem:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, problem, rid)
-    body = obj
     if "from" in obj or "seq" in obj:  # only the server says who sent it and its seq
-        body = {k: v for k, v in obj.items() if k != "from" and k != "seq"}
-    return Relay(kind, to, room, rid, body)
+        return Relay(kind, to, room, rid, {k: v for k, v in obj.items() if k != "from" and k != "seq"})
+    return Relay(kind, to, room, rid, obj, raw)  # nothing to strip: the client's text is relayed
 
 
 def _check_payload(kind: str, value: Any) -> str | None:
@@ -233,8 +254,11 @@ def relayed_body(sender: str, msg: Relay) -> bytes:
     as it came, with `from` spliced in front (no re-encoding, and big numbers or
     escapes stay exactly as the client wrote them); otherwise it is encoded again
     without them."""
-    if msg.frame is not None:  # `sender` is a checked peer id (auth): nothing in it to escape
-        return b'{"from":"' + sender.encode() + b'",' + msg.frame.lstrip()[1:]
+    frame = msg.frame
+    if frame is not None:  # `sender` is a checked peer id (auth): nothing in it to escape
+        if frame[0] != 0x7B:  # '{' after leading white space
+            frame = frame.lstrip()
+        return b"".join((b'{"from":"', sender.encode(), b'",', frame[1:]))
     body = dict(msg.body)
     body["from"] = sender
     return stored(dumps(body))

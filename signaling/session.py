@@ -31,8 +31,8 @@ from . import core
 from . import protocol as p
 from .auth import Identity
 from .bus import BusUnavailable
-from .directory import Attached
-from .inbox import ZERO, parse_seq
+from .directory import Attached, Outcome, Result
+from .inbox import ZERO, seq_key
 from .protocol import CloseCode
 
 if TYPE_CHECKING:
@@ -43,14 +43,29 @@ log = logging.getLogger("signaling.session")
 _FINAL_CLOSES = frozenset({CloseCode.POLICY, CloseCode.TOO_BIG})
 
 
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, uncompressed WebSocket text frame (RFC 6455 §5.2), as a server sends."""
-    n = len(payload)
+_HEAD16 = struct.Struct("!BBH").pack
+_HEAD64 = struct.Struct("!BBQ").pack
+
+
+def _text_head(n: int) -> bytes:
+    """The header of an unmasked, uncompressed WebSocket text frame (RFC 6455 §5.2) of
+    `n` payload bytes, as a server sends it."""
     if n < 126:
-        return bytes((0x81, n)) + payload
+        return bytes((0x81, n))
     if n < 65536:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
+        return _HEAD16(0x81, 126, n)
+    return _HEAD64(0x81, 127, n)
+
+
+def text_frame(payload: bytes) -> bytes:
+    return _text_head(len(payload)) + payload
+
+
+def seq_frame(body: bytes, seq: str) -> bytes:
+    """The text frame of `protocol.with_seq(body, seq)`, built in one go (every relayed
+    message takes this path)."""
+    s = seq.encode()
+    return b"".join((_text_head(len(body) + len(s) + 9), b'{"seq":"', s, b'",', body[1:]))
 
 
 def control_frame(opcode: int, payload: bytes) -> bytes:
@@ -106,13 +121,13 @@ class Session:
             return
         if self._stopped:
             return  # closing: it stays in the inbox for the next connection
-        parsed = parse_seq(seq)
-        if parsed is None or parsed <= self._last_seq:
+        key = seq_key(seq)
+        if key <= self._last_seq:
             return  # seen already (replay and live delivery overlapped)
-        self._last_seq = parsed
-        if self._write(p.with_seq(body, seq)):
+        self._last_seq = key
+        if self._write_frame(seq_frame(body, seq)):
             self._written = seq
-            self.node.metrics.relayed_out.inc()
+            self.node.metrics.tally_out["relayed"] += 1
 
     def replaced(self) -> None:
         self.close(CloseCode.REPLACED, "replaced by a newer connection")
@@ -148,7 +163,7 @@ class Session:
                     elif msg.type is WSMsgType.ERROR and isinstance(getattr(msg.data, "code", None), int):
                         self._closing = self._closing or _close_code(msg.data.code)  # aiohttp closed it (1009)
                     break  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp closed it: 1009 for size)
-                self.node.metrics.message_in(self.core.kind)
+                self.node.metrics.tally_in[self.core.kind] += 1
                 self._handling = True
                 try:
                     await self._perform(effects)
@@ -227,12 +242,29 @@ class Session:
     # -- handling a frame ------------------------------------------------------------
     async def _perform(self, effects: list[core.Effect]) -> None:
         for effect in effects:
-            if isinstance(effect, core.Reply):
-                self._reply(effect)
-            elif isinstance(effect, core.Close):
-                self.close(effect.code, effect.reason)
+            kind = type(effect)
+            if kind is core.Send:  # the common case, without a coroutine of its own
+                try:
+                    result = await self.node.bus.send(effect.to, effect.body)  # type: ignore[union-attr]
+                except BusUnavailable:
+                    replies = self.core.unavailable(effect)  # type: ignore[arg-type]
+                else:
+                    if result.outcome is Outcome.DELIVERED and effect.id is None:  # type: ignore[union-attr]  # settle: no reply
+                        continue
+                    replies = self._settle(effect, result)  # type: ignore[arg-type]
+                for reply in replies:
+                    self._reply(reply)  # type: ignore[arg-type]
+            elif kind is core.Reply:
+                self._reply(effect)  # type: ignore[arg-type]
+            elif kind is core.Close:
+                self.close(effect.code, effect.reason)  # type: ignore[union-attr]
             else:
-                await self._bus_work(effect)
+                await self._bus_work(effect)  # type: ignore[arg-type]
+
+    def _settle(self, work: core.BusWork, result: Result) -> list[core.Effect]:
+        if result.outcome is Outcome.QUEUED:
+            self.node.metrics.queued.inc()
+        return self.core.settle(work, result)
 
     async def _bus_work(self, work: core.BusWork) -> None:
         bus, s = self.node.bus, self.node.settings
@@ -248,9 +280,7 @@ class Session:
         except BusUnavailable:
             replies = self.core.unavailable(work)
         else:
-            if result.outcome.value == "queued":
-                self.node.metrics.queued.inc()
-            replies = self.core.settle(work, result)
+            replies = self._settle(work, result)
         for reply in replies:
             self._reply(reply)  # type: ignore[arg-type]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Callable
 
 from ..directory import Attached, Delivery, Directory, Result
@@ -68,7 +69,7 @@ class MemoryBus(Bus):
         self._dispatch(result.deliveries)
         return result
 
-    def _dispatch(self, deliveries: list[Delivery]) -> None:
+    def _dispatch(self, deliveries: Sequence[Delivery]) -> None:
         for d in deliveries:
             current = self._mailboxes.get(d.peer)
             if current is not None and current[0] == d.epoch:

@@ -146,13 +146,13 @@ def test_send_to_reconnecting_peer_is_queued_without_delivery():
     a = d.attach("bob", "n1", 0)
     d.detach("bob", a.epoch, 1, final=False)
     r = d.send("bob", msg(1), 2)
-    assert r.outcome is Outcome.QUEUED and r.deliveries == []
+    assert r.outcome is Outcome.QUEUED and not r.deliveries
 
 
 def test_send_to_absent_peer_is_no_peer_and_stores_nothing():
     d = make()
     r = d.send("nobody", msg(1), 0)
-    assert r.outcome is Outcome.NO_PEER and r.deliveries == []
+    assert r.outcome is Outcome.NO_PEER and not r.deliveries
     assert "nobody" not in d.peers
 
 
@@ -182,7 +182,7 @@ def test_first_joiner_gets_empty_peer_list():
     d = make()
     d.attach("a", "n", 0)
     r = join(d, "a", "r")
-    assert r.peers == [] and r.deliveries == []
+    assert not r.peers and not r.deliveries
 
 
 def test_join_of_absent_peer_is_no_peer():
@@ -194,7 +194,7 @@ def test_join_again_is_ok_and_tells_nobody():
     d.attach("a", "n", 0), d.attach("b", "n", 0)
     join(d, "b", "r"), join(d, "a", "r")
     r = join(d, "a", "r", room_limit=2)
-    assert r.outcome is Outcome.OK and r.peers == ["b"] and r.deliveries == []
+    assert r.outcome is Outcome.OK and r.peers == ["b"] and not r.deliveries
 
 
 def test_join_over_room_limit_is_room_full():
@@ -203,7 +203,7 @@ def test_join_over_room_limit_is_room_full():
         d.attach(p, "n", 0)
     join(d, "a", "r", room_limit=2), join(d, "b", "r", room_limit=2)
     r = join(d, "c", "r", room_limit=2)
-    assert r.outcome is Outcome.ROOM_FULL and r.deliveries == []
+    assert r.outcome is Outcome.ROOM_FULL and not r.deliveries
     assert d.members("r") == ["a", "b"]
 
 
@@ -237,7 +237,7 @@ def test_last_member_leaving_deletes_room():
     d = make()
     d.attach("a", "n", 0)
     join(d, "a", "r")
-    assert d.leave("a", "r", 1).deliveries == []
+    assert not d.leave("a", "r", 1).deliveries
     assert "r" not in d.rooms
 
 
@@ -277,7 +277,7 @@ def test_broadcast_alone_in_room_is_delivered_to_nobody():
     d.attach("a", "n", 0)
     join(d, "a", "r")
     r = d.broadcast("a", "r", msg(1), 1)
-    assert r.outcome is Outcome.DELIVERED and r.deliveries == []
+    assert r.outcome is Outcome.DELIVERED and not r.deliveries
 
 
 # -- leaving for good ------------------------------------------------------------------

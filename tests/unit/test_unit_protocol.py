@@ -141,6 +141,19 @@ def test_integer_id_beyond_64_bits_is_kept():
     assert p.parse('{"type":"ping","id":%d}' % (2**70 + 1)) == Ping(2**70 + 1)
 
 
+def test_relay_id_beyond_64_bits_is_kept_exactly():
+    # the relayed text goes out as it came; only the receipt id is read, and exactly
+    msg = p.parse('{"type":"message","to":"b","data":1,"id":%d}' % (2**70 + 1))
+    assert msg.id == 2**70 + 1 and msg.frame is not None
+
+
+def test_big_integer_is_exact_when_the_object_is_encoded_again():
+    big = 2**70 + 1
+    msg = p.parse('{"type":"message","to":"b","data":%d,"from":"mallory"}' % big)
+    assert msg.frame is None  # `from` is stripped, so the object is encoded again
+    assert json.loads(p.relayed_body("a", msg)) == {"type": "message", "to": "b", "data": big, "from": "a"}
+
+
 def test_relayed_big_integer_payload_is_unchanged():
     big = 2**70 + 1  # not representable as a float
     msg = p.parse('{"type":"message","to":"b","data":%d}' % big)
