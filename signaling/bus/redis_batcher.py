@@ -33,11 +33,15 @@ class _Protocol(asyncio.Protocol):
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()  # in the order sent
         self.commands: collections.deque[bytes] = collections.deque()  # what each of those was
         self.transport: asyncio.Transport | None = None
+        self.replies = 0  # replies received (the watchdog looks for silence)
+        self.watch: asyncio.TimerHandle | None = None
+        self.silent_checks = 0  # watchdog checks in a row that found commands in flight and no reply
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.replies += 1
         self.reader.feed(data)
         while True:
             reply = self.reader.gets()
@@ -70,11 +74,13 @@ class Batcher:
         self._waits: list[asyncio.Future[Any]] = []  # their futures, in the same order
         self._flush_scheduled = False
         self._retried: set[asyncio.Future[Any]] = set()  # commands sent again after a NOSCRIPT
+        self._loop: asyncio.AbstractEventLoop | None = None  # (asyncio.get_running_loop() is a getpid syscall)
 
     def start(self) -> None:
         """Nothing to start: the connection is made on first use."""
 
     async def close(self) -> None:
+        self._loop = None
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
         self._fail(self._waits, RedisConnectionError("the bus is closing"))
@@ -86,7 +92,9 @@ class Batcher:
 
     def call_packed(self, command: bytes) -> asyncio.Future[Any]:
         """`call` with the command already in RESP (a hot path that packs its own)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._out.append(command)
         self._waits.append(future)
@@ -128,13 +136,29 @@ class Batcher:
         protocol.waiting.extend(waits)
         protocol.commands.extend(out)
         protocol.transport.write(b"".join(out))
-        # replies come in order: when the batch's last one is late, the connection is dead
-        handle = asyncio.get_running_loop().call_later(self._timeout, self._timed_out, protocol, waits[-1])
-        waits[-1].add_done_callback(lambda _: handle.cancel())
+        if protocol.watch is None:
+            self._arm(protocol)
 
-    def _timed_out(self, protocol: _Protocol, future: asyncio.Future[Any]) -> None:
-        if not future.done() and protocol.transport is not None:
+    # A connection with commands in flight that stays silent for `timeout` is dead. One
+    # watchdog per connection checks every half `timeout` while anything is in flight (a
+    # timer per batch would cost a timer-heap entry and a callback per message under light
+    # load): three checks in a row that find commands waiting and no reply since the one
+    # before (silence for at least `timeout`, at most 1.5 x) abort the connection, which
+    # fails everything in flight.
+    def _arm(self, protocol: _Protocol) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        protocol.watch = loop.call_later(self._timeout / 2, self._check, protocol, protocol.replies)
+
+    def _check(self, protocol: _Protocol, replies: int) -> None:
+        protocol.watch = None
+        if protocol.transport is None or protocol.transport.is_closing() or not protocol.waiting:
+            protocol.silent_checks = 0
+            return  # disarmed until the next write
+        protocol.silent_checks = protocol.silent_checks + 1 if protocol.replies == replies else 0
+        if protocol.silent_checks >= 3:
             protocol.transport.abort()  # connection_lost fails everything in flight
+            return
+        self._arm(protocol)
 
     async def _connect(self) -> None:
         o = self._options
@@ -171,6 +195,9 @@ class Batcher:
         return future
 
     def _lost(self, protocol: _Protocol, exc: Exception) -> None:
+        if protocol.watch is not None:
+            protocol.watch.cancel()
+            protocol.watch = None
         if self._protocol is protocol:
             self._protocol = None
         self._fail(list(protocol.waiting), exc)
