@@ -96,6 +96,8 @@ class Node:
         self.sessions: set[Session] = set()  # connections on this node, upgraded or upgrading
         self.tasks: set[asyncio.Task[Any]] = set()  # handler tasks of those connections
         self.cleanups: set[asyncio.Future[None]] = set()  # session endings still running (detach)
+        self.loop: asyncio.AbstractEventLoop | None = None  # once serving (get_running_loop() is a syscall)
+        metrics.connections.set_function(lambda: len(self.sessions))  # read at scrape time
         self.draining = False
         self.trusted_proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
         self._static_ice = json.loads(settings.ice_servers)
@@ -220,21 +222,20 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # Node.heartbeat_forever pings the quiet ones, and the session answers pings itself
     ws = web.WebSocketResponse(heartbeat=None, max_msg_size=s.max_frame_bytes, autoping=False,
                                compress=False, decode_text=False)
-    if not ws.can_prepare(request).ok:
-        return _json_error(426, "upgrade-required", "this endpoint speaks WebSocket only")
     session = Session(node, ws, identity)
     node.sessions.add(session)
-    task = asyncio.current_task()
+    task = asyncio.current_task(node.loop)
     assert task is not None
     node.tasks.add(task)
-    node.metrics.connections.set(len(node.sessions))
     try:
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)  # (no can_prepare() first: it would check the handshake twice)
+        except web.HTTPException:  # not a WebSocket handshake: nothing was written yet
+            return _json_error(426, "upgrade-required", "this endpoint speaks WebSocket only")
         await session.run(resume)
     finally:
         node.sessions.discard(session)
         node.tasks.discard(task)
-        node.metrics.connections.set(len(node.sessions))
     return ws
 
 
@@ -278,6 +279,7 @@ def create_app(settings: Settings, bus: buses.Bus | None = None) -> web.Applicat
     app[NODE] = node
 
     async def bus_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        node.loop = asyncio.get_running_loop()
         await bus.start()
         heartbeats = asyncio.create_task(node.heartbeat_forever(), name="heartbeats")
         yield

@@ -45,7 +45,8 @@ class _Protocol(asyncio.Protocol):
         self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
         self.pending: collections.deque[tuple[bytes, Any]] = collections.deque()  # commands awaiting a reply
-        self.closed = asyncio.get_running_loop().create_future()
+        self.loop = asyncio.get_running_loop()  # (kept: get_running_loop() is a getpid syscall)
+        self.closed = self.loop.create_future()
         self.heard = 0  # chunks received: PING only a quiet connection
         self.out: list[bytes] = []  # commands not yet written (this loop turn)
 
@@ -59,7 +60,7 @@ class _Protocol(asyncio.Protocol):
         self.pending.append((expect, key))
         self.out.append(pack(args))
         if len(self.out) == 1:
-            asyncio.get_running_loop().call_soon(self.flush)
+            self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         out, self.out = self.out, []
@@ -127,9 +128,11 @@ class Subscriber:
         self._waiters: dict[bytes, asyncio.Future[None]] = {}  # channel -> its confirmation
         self._held: list[tuple[bytes, bytes]] | None = None  # messages that wait for the recovery
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run_forever(), name=f"bus-reader-{self.name}")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run_forever(), name=f"bus-reader-{self.name}")
 
     async def close(self) -> None:
         if self._task is not None:
@@ -182,7 +185,7 @@ class Subscriber:
     def _waiter(self, channel: bytes) -> asyncio.Future[None]:
         waiter = self._waiters.get(channel)
         if waiter is None or waiter.done():
-            waiter = self._waiters[channel] = asyncio.get_running_loop().create_future()
+            waiter = self._waiters[channel] = (self._loop or asyncio.get_running_loop()).create_future()
 
             def forget(done: asyncio.Future[None]) -> None:
                 if self._waiters.get(channel) is done:
