@@ -93,6 +93,10 @@ def build_plan(args: argparse.Namespace, st: Settings, out: Path) -> list[Step]:
             for n in SCALING_NODES:
                 plan.append(Step("scaling", f"scaling {n} nodes {key}",
                                  _scaling(servers.TARGETS[key], st, n), per_run + n + 4, key))
+        if only is None or "ours-1node" in only:  # the control: 8 nodes' per-node rate on 2 nodes
+            rate = SCALING_RATE * 2 / SCALING_NODES[-1]
+            plan.append(Step("scaling", f"scaling control: 2 nodes at {rate:,.0f} msg/s ours-1node",
+                             _scaling(servers.TARGETS["ours-1node"], st, 2, rate=rate), per_run + 6, "ours-1node"))
     if "drain" in chosen and (only is None or "ours-1node" in only):
         plan.append(Step("drain", f"drain storm {args.drain_connections:,}", _drain(st, args.drain_connections), 40,
                          "ours-1node"))
@@ -160,14 +164,17 @@ def _idle(t: servers.Target, st: Settings, n: int) -> Callable[[], Awaitable[Any
     return run
 
 
-def _scaling(t: servers.Target, st: Settings, nodes: int) -> Callable[[], Awaitable[Any]]:
+def _scaling(t: servers.Target, st: Settings, nodes: int, rate: float = SCALING_RATE) -> Callable[[], Awaitable[Any]]:
+    """One scaling point; with a `rate` other than SCALING_RATE it is the control run
+    (`control` in its row): the same per-node rate as a bigger deployment, on fewer nodes."""
     async def run() -> list[dict[str, Any]]:
         async def body(dep: servers.Deployment) -> list[dict[str, Any]]:
             await asyncio.sleep(1.0)
             idle = await scenarios.idle_cores(dep, 3.0)
-            row = await scenarios.pairs_run(dep, st, pairs=200, loop="open", rate=SCALING_RATE,
+            row = await scenarios.pairs_run(dep, st, pairs=200, loop="open", rate=rate,
                                             label=f"{t.key} x{nodes}")
             row["design"] = SCALING_TARGETS[t.key]
+            row["control"] = rate != SCALING_RATE
             row["idle_cores"] = idle
             cpu = row["server_cpu_s"] + row["redis_cpu_s"]
             row["net_us_per_msg"] = (cpu - idle * row["seconds"]) / row["delivered"] * 1e6 if row["delivered"] else None
