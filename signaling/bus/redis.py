@@ -273,10 +273,15 @@ class RedisBus(Bus):
             if len(locals_) == 1:
                 await self._subscribe(channel.encode(), peer)
             async with self._guard():
-                registered = self._cmd("SADD", self._node_peers_key(self.node_id), peer)
-                res = await self._eval("ATTACH", [state, inbox, rooms, channel],
-                                       [self.node_id, resume or "", self.inbox_limit])
-                await registered
+                if self.clustered:  # the schedule and the node's set are in other slots
+                    registered = self._cmd("SADD", self._node_peers_key(self.node_id), peer)
+                    res = await self._eval("ATTACH", [state, inbox, rooms, channel],
+                                           [self.node_id, resume or "", self.inbox_limit])
+                    await registered
+                else:  # one round trip: the script leaves the schedule and registers too
+                    res = await self._eval("ATTACH", [state, inbox, rooms, channel, self.grace_key,
+                                                      self._node_peers_key(self.node_id)],
+                                           [self.node_id, resume or "", self.inbox_limit, peer])
         except BaseException:
             await self._forget(peer, local)
             raise
@@ -288,8 +293,9 @@ class RedisBus(Bus):
         pending, local.pending = local.pending, []
         for env in pending:
             self._handle(local, env)
-        with contextlib.suppress(RedisError, OSError):
-            await self._cmd("ZREM", self.grace_key, peer)
+        if self.clustered:
+            with contextlib.suppress(RedisError, OSError):
+                await self._cmd("ZREM", self.grace_key, peer)
         return Attached(int(epoch), int(replaced) if int(replaced) >= 0 else None, bool(resumed),
                         [(seq.decode(), fields[1]) for seq, fields in replay], local.rooms)
 

@@ -30,8 +30,12 @@ local function cmp(a, b)
 end
 """
 
-# KEYS: state, inbox, rooms, channel   ARGV: node, resume ('' = none), inbox limit
+# KEYS: state, inbox, rooms, channel [, grace schedule, this node's peers]
+# ARGV: node, resume ('' = none), inbox limit [, peer]
 # -> {epoch, replaced epoch or -1, resumed 0/1, replay {{id, {'b', body}}...}, rooms, delivered}
+# On one Redis the two global keys come along (last, so only a successful attach touches
+# them): the peer leaves the grace schedule and joins this node's peers in the same call.
+# On a Cluster they live in other slots, and the bus sends ZREM and SADD on their own.
 ATTACH = _CMP + """
 local state, inbox, rooms, channel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local node, resume = ARGV[1], ARGV[2]
@@ -73,6 +77,10 @@ redis.call('PERSIST', inbox)
 redis.call('PERSIST', rooms)
 if replaced >= 0 then
   redis.call('PUBLISH', channel, cmsgpack.pack({v = 1, k = 'r', e = replaced}))
+end
+if KEYS[6] then
+  redis.call('ZREM', KEYS[5], ARGV[4])
+  redis.call('SADD', KEYS[6], ARGV[4])
 end
 return {epoch, replaced, resumed, replay, redis.call('SMEMBERS', rooms), delivered}
 """
