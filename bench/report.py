@@ -346,7 +346,14 @@ def write(results: dict[str, Any], out: Path, plots: bool = True) -> None:
       f"Python {meta.get('python', '?')} (aiohttp {meta.get('aiohttp', '?')}, uvloop {meta.get('uvloop', '?')}), "
       f"Node {meta.get('node', '?')}, {meta.get('redis', '?')}. Load average at start "
       f"{' '.join(meta.get('loadavg_start', []))}, at end {' '.join(meta.get('loadavg_end', []))}.\n")
-    if meta.get("updated"):
+    if meta.get("sources"):
+        runs: dict[tuple[str, str], list[str]] = {}
+        for scenario, src in meta["sources"].items():
+            runs.setdefault((src.get("date") or "?", src.get("commit") or "?"), []).append(scenario)
+        w("Where each scenario's figures come from (a scenario run again with `--update` replaces its rows): "
+          + "; ".join(f"{', '.join(sorted(names))}: the run of {date} (commit {commit})"
+                      for (date, commit), names in sorted(runs.items())) + ".\n")
+    elif meta.get("updated"):
         earlier = meta.get("earlier", {})
         w(f"Re-run on {meta.get('date', '?')} (commit {meta.get('commit', '?')}, load average "
           f"{' '.join(meta.get('loadavg_start', []))}): {', '.join(meta['updated'])}. Everything else is from "

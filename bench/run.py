@@ -326,8 +326,15 @@ def main(argv: list[str] | None = None) -> int:
         chosen = set(args.scenarios.split(",")) if args.scenarios else set(SCENARIOS)
         results["rows"] = {k: v for k, v in previous.get("rows", {}).items() if k not in chosen}
         results["failures"] = [f for f in previous.get("failures", []) if f["scenario"] not in chosen]
-        results["meta"]["earlier"] = previous.get("meta", {})
+        before = previous.get("meta", {})
+        results["meta"]["earlier"] = before
         results["meta"]["updated"] = sorted(chosen)
+        # where each scenario's rows come from, across any number of updates
+        source = {k: v for k, v in before.items() if k in ("date", "commit", "loadavg_start")}
+        results["meta"]["sources"] = {
+            **{k: before.get("sources", {}).get(k, source) for k in previous.get("rows", {}) if k not in chosen},
+            **{k: {"date": results["meta"].get("date"), "commit": results["meta"].get("commit"),
+                   "loadavg_start": results["meta"].get("loadavg_start")} for k in chosen}}
         results["settings"] = {**previous.get("settings", {}), **{k: v for k, v in results["settings"].items()
                                                                    if k not in ("warmup", "duration", "repeat")}}
 
