@@ -175,6 +175,8 @@ class Peer:
     def settle(self, work: BusWork, result: Result) -> list[Effect]:
         """The bus's answer to `work` -> the replies this client gets."""
         outcome = result.outcome
+        if outcome is Outcome.DELIVERED and work.id is None:
+            return []  # a relay delivered without a receipt asked for: the common case, first
         if isinstance(work, (Send, Broadcast)):
             if outcome in (Outcome.DELIVERED, Outcome.QUEUED):
                 return [Reply(p.ack(work.id, outcome is Outcome.QUEUED), "ack")] if work.id is not None else []

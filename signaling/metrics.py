@@ -47,9 +47,6 @@ class Metrics:
         for kind in (*CLIENT_TYPES, "invalid"):
             self.tally_in[kind] += 0  # every type is exported from the start, at 0
 
-    def message_in(self, kind: str) -> None:
-        self.tally_in[kind] += 1
-
     def out(self, kind: str) -> None:
         self.tally_out[kind] += 1
 
@@ -68,9 +65,6 @@ class LabeledCount(Collector):
         self.name, self.documentation, self.label = name, documentation, label
         self.tally: Tally[str] = Tally()
         registry.register(self)
-
-    def value(self, label_value: str) -> int:
-        return self.tally[label_value]
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])

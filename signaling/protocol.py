@@ -164,7 +164,11 @@ def parse(frame: str | bytes) -> ClientMessage:
     raw = _utf8(frame)
     try:
         obj = orjson.loads(raw)
-        if not _verbatim(obj):  # its values are used: read big integers exactly
+        verbatim = _verbatim(obj)
+        # a verbatim relay's values the node reads are strings and types (`to`, `room`, the
+        # payload's shape), which orjson reads exactly, and its `id`: a float there may be
+        # an integer beyond 64 bits. Anything else is read exactly when it may hold one.
+        if not verbatim or type(obj.get("id")) is float:
             obj = _exact(raw, obj)
     except ValueError:
         raise ProtocolError(ErrorCode.BAD_JSON, "frame is not valid JSON") from None
@@ -179,7 +183,7 @@ def parse(frame: str | bytes) -> ClientMessage:
     if not isinstance(kind, str):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "`type` must be a string", rid)
     if kind in RELAY_TYPES:
-        return _parse_relay(kind, obj, rid, raw)
+        return _parse_relay(kind, obj, rid, raw if verbatim else None)
     if kind == "ping":
         return Ping(rid)
     if kind in ("join", "leave"):
@@ -191,17 +195,16 @@ def parse(frame: str | bytes) -> ClientMessage:
 
 
 def _verbatim(obj: Any) -> bool:
-    """A relayed message whose text goes out as it came: of its values the node reads
-    only strings and types (`to`, `room`, the payload's shape), which orjson reads
-    exactly, and its `id` when that is not a float (an integer beyond 64 bits is one)."""
+    """A relayed message whose text goes out as it came (with `from` spliced in): one
+    that carries no `from` or `seq` of its own to strip."""
     if type(obj) is not dict:
         return False
     kind = obj.get("type")
-    return (type(kind) is str and kind in RELAY_TYPES and "from" not in obj and "seq" not in obj
-            and type(obj.get("id")) is not float)
+    return type(kind) is str and kind in RELAY_TYPES and "from" not in obj and "seq" not in obj
 
 
-def _parse_relay(kind: str, obj: dict[str, Any], rid: ReceiptId, raw: bytes) -> Relay:
+def _parse_relay(kind: str, obj: dict[str, Any], rid: ReceiptId, raw: bytes | None) -> Relay:
+    """`raw`: the client's text when it is relayed as it came (see `_verbatim`)."""
     to, room = obj.get("to"), obj.get("room")
     if to is not None:
         if room is not None:
@@ -220,9 +223,9 @@ def _parse_relay(kind: str, obj: dict[str, Any], rid: ReceiptId, raw: bytes) -> 
         problem = _check_payload(kind, obj[field_name])
         if problem:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, problem, rid)
-    if "from" in obj or "seq" in obj:  # only the server says who sent it and its seq
-        return Relay(kind, to, room, rid, {k: v for k, v in obj.items() if k != "from" and k != "seq"})
-    return Relay(kind, to, room, rid, obj, raw)  # nothing to strip: the client's text is relayed
+    if raw is None:  # it carries a `from`/`seq` of its own: only the server says who sent it and its seq
+        obj = {k: v for k, v in obj.items() if k != "from" and k != "seq"}
+    return Relay(kind, to, room, rid, obj, raw)
 
 
 def _check_payload(kind: str, value: Any) -> str | None:

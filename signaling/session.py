@@ -23,7 +23,7 @@ import contextlib
 import logging
 import struct
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable
 
 from aiohttp import WSMsgType, web
 
@@ -43,29 +43,14 @@ log = logging.getLogger("signaling.session")
 _FINAL_CLOSES = frozenset({CloseCode.POLICY, CloseCode.TOO_BIG})
 
 
-_HEAD16 = struct.Struct("!BBH").pack
-_HEAD64 = struct.Struct("!BBQ").pack
-
-
-def _text_head(n: int) -> bytes:
-    """The header of an unmasked, uncompressed WebSocket text frame (RFC 6455 §5.2) of
-    `n` payload bytes, as a server sends it."""
-    if n < 126:
-        return bytes((0x81, n))
-    if n < 65536:
-        return _HEAD16(0x81, 126, n)
-    return _HEAD64(0x81, 127, n)
-
-
 def text_frame(payload: bytes) -> bytes:
-    return _text_head(len(payload)) + payload
-
-
-def seq_frame(body: bytes, seq: str) -> bytes:
-    """The text frame of `protocol.with_seq(body, seq)`, built in one go (every relayed
-    message takes this path)."""
-    s = seq.encode()
-    return b"".join((_text_head(len(body) + len(s) + 9), b'{"seq":"', s, b'",', body[1:]))
+    """An unmasked, uncompressed WebSocket text frame (RFC 6455 §5.2), as a server sends."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
 def control_frame(opcode: int, payload: bytes) -> bytes:
@@ -125,7 +110,7 @@ class Session:
         if key <= self._last_seq:
             return  # seen already (replay and live delivery overlapped)
         self._last_seq = key
-        if self._write_frame(seq_frame(body, seq)):
+        if self._write(p.with_seq(body, seq)):
             self._written = seq
             self.node.metrics.tally_out["relayed"] += 1
 
@@ -243,46 +228,34 @@ class Session:
     async def _perform(self, effects: list[core.Effect]) -> None:
         for effect in effects:
             kind = type(effect)
-            if kind is core.Send:  # the common case, without a coroutine of its own
-                try:
-                    result = await self.node.bus.send(effect.to, effect.body)  # type: ignore[union-attr]
-                except BusUnavailable:
-                    replies = self.core.unavailable(effect)  # type: ignore[arg-type]
-                else:
-                    if result.outcome is Outcome.DELIVERED and effect.id is None:  # type: ignore[union-attr]  # settle: no reply
-                        continue
-                    replies = self._settle(effect, result)  # type: ignore[arg-type]
-                for reply in replies:
-                    self._reply(reply)  # type: ignore[arg-type]
-            elif kind is core.Reply:
+            if kind is core.Reply:
                 self._reply(effect)  # type: ignore[arg-type]
             elif kind is core.Close:
                 self.close(effect.code, effect.reason)  # type: ignore[union-attr]
             else:
-                await self._bus_work(effect)  # type: ignore[arg-type]
+                try:
+                    result = await self._bus_call(effect)  # type: ignore[arg-type]
+                except BusUnavailable:
+                    replies = self.core.unavailable(effect)  # type: ignore[arg-type]
+                else:
+                    if result.outcome is Outcome.QUEUED:
+                        self.node.metrics.queued.inc()
+                    replies = self.core.settle(effect, result)  # type: ignore[arg-type]
+                for reply in replies:
+                    self._reply(reply)  # type: ignore[arg-type]
 
-    def _settle(self, work: core.BusWork, result: Result) -> list[core.Effect]:
-        if result.outcome is Outcome.QUEUED:
-            self.node.metrics.queued.inc()
-        return self.core.settle(work, result)
-
-    async def _bus_work(self, work: core.BusWork) -> None:
-        bus, s = self.node.bus, self.node.settings
-        try:
-            if isinstance(work, core.Send):
-                result = await bus.send(work.to, work.body)
-            elif isinstance(work, core.Broadcast):
-                result = await bus.broadcast(self.peer, work.room, work.body)
-            elif isinstance(work, core.JoinRoom):
-                result = await bus.join(self.peer, work.room, room_limit=s.room_limit, rooms_per_peer=s.rooms_per_peer)
-            else:
-                result = await bus.leave(self.peer, work.room)
-        except BusUnavailable:
-            replies = self.core.unavailable(work)
-        else:
-            replies = self._settle(work, result)
-        for reply in replies:
-            self._reply(reply)  # type: ignore[arg-type]
+    def _bus_call(self, work: core.BusWork) -> Awaitable[Result]:
+        """The bus's coroutine for `work` (returned, not awaited here: no coroutine of
+        this method's own per message)."""
+        bus, kind = self.node.bus, type(work)
+        if kind is core.Send:
+            return bus.send(work.to, work.body)  # type: ignore[union-attr]
+        if kind is core.Broadcast:
+            return bus.broadcast(self.peer, work.room, work.body)  # type: ignore[union-attr]
+        if kind is core.JoinRoom:
+            s = self.node.settings
+            return bus.join(self.peer, work.room, room_limit=s.room_limit, rooms_per_peer=s.rooms_per_peer)
+        return bus.leave(self.peer, work.room)
 
     # -- writing ---------------------------------------------------------------------
     def _reply(self, reply: core.Reply) -> None:

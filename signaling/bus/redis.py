@@ -278,6 +278,8 @@ class RedisBus(Bus):
                     res = await self._eval("ATTACH", [state, inbox, rooms, channel],
                                            [self.node_id, resume or "", self.inbox_limit])
                     await registered
+                    with contextlib.suppress(RedisError, OSError):
+                        await self._cmd("ZREM", self.grace_key, peer)
                 else:  # one round trip: the script leaves the schedule and registers too
                     res = await self._eval("ATTACH", [state, inbox, rooms, channel, self.grace_key,
                                                       self._node_peers_key(self.node_id)],
@@ -293,9 +295,6 @@ class RedisBus(Bus):
         pending, local.pending = local.pending, []
         for env in pending:
             self._handle(local, env)
-        if self.clustered:
-            with contextlib.suppress(RedisError, OSError):
-                await self._cmd("ZREM", self.grace_key, peer)
         return Attached(int(epoch), int(replaced) if int(replaced) >= 0 else None, bool(resumed),
                         [(seq.decode(), fields[1]) for seq, fields in replay], local.rooms)
 

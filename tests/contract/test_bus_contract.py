@@ -212,6 +212,28 @@ async def test_reattach_within_grace_keeps_rooms_silently(bus):
     assert len(a_box.got) == 1  # no peer-left, no second peer-joined
 
 
+@pytest.fixture(params=["redis", "redis-cluster"])
+async def redis_bus_only(request) -> AsyncIterator[Bus]:
+    b = BUSES[request.param](request)
+    await b.start()
+    yield b
+    await b.close()
+
+
+async def test_redis_attach_registers_with_the_node_and_ends_the_grace(redis_bus_only):
+    # what the sweeper relies on: a node's peer set names every peer it holds (so its
+    # death orphans them), and a peer back within its grace is off the grace schedule
+    bus = redis_bus_only
+    r, node_peers = bus._redis, bus._node_peers_key(bus.node_id)  # noqa: SLF001
+    first = await bus.attach("b", Box())
+    assert await r.sismember(node_peers, "b")
+    await bus.detach("b", first.epoch, final=False)
+    assert await r.zscore(bus.grace_key, "b") is not None and not await r.sismember(node_peers, "b")
+    await bus.attach("b", Box())
+    assert await r.zscore(bus.grace_key, "b") is None
+    assert await r.sismember(node_peers, "b")
+
+
 async def test_final_detach_leaves_rooms_at_once(bus):
     a_box, b = await _a_and_b_in_room(bus)
     await bus.detach("b", b.epoch, final=True)

@@ -17,8 +17,7 @@ def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_tallies_are_exported_as_labelled_counters():
     m = Metrics()
-    m.message_in("offer")
-    m.message_in("offer")
+    m.tally_in["offer"] += 2
     m.out("ack")
     m.tally_out["relayed"] += 3
     m.error("bad-json")
