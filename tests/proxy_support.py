@@ -3,7 +3,11 @@
 `cut()` aborts every proxied connection at once, on both sides, without a close frame
 (the node sees a connection vanish and starts the peer's grace); while `blocked`, new
 connections are accepted and dropped at once, so the client's reconnects fail until
-`unblock()`.
+`unblock()`. `stall()` black-holes the link as a dead route does: open connections stay
+open but nothing crosses in either direction, and new connections are accepted but
+never reach the target, until `heal()` lets everything that was held through in order.
+`stall("down")` holds only what the target sends back (a command arrives and runs, its
+reply does not come back); `stall("up")` only what the client sends.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.port = free_port()
         self.blocked = False
+        self._up, self._down = asyncio.Event(), asyncio.Event()  # clear while that direction is stalled
+        self._up.set()
+        self._down.set()
         self.accepted = 0  # connections proxied so far
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.BaseTransport] = set()
@@ -36,6 +43,9 @@ class TcpProxy:
         if self.blocked:
             writer.transport.abort()
             return
+        await self._up.wait()  # stalled: the connection is accepted but goes nowhere yet
+        if writer.transport.is_closing():
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
@@ -43,14 +53,15 @@ class TcpProxy:
             return
         self.accepted += 1
         self._transports |= {writer.transport, up_writer.transport}
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
+        for src, dst, gate in ((reader, up_writer, self._up), (up_reader, writer, self._down)):
+            task = asyncio.create_task(self._pipe(src, dst, gate))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, gate: asyncio.Event) -> None:
         with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
             while data := await src.read(65536):
+                await gate.wait()  # stalled: held, neither delivered nor dropped
                 dst.write(data)
                 await dst.drain()
         dst.transport.abort()
@@ -61,6 +72,22 @@ class TcpProxy:
             transport.abort()
         self._transports.clear()
 
+    def stall(self, direction: str = "both") -> None:
+        """Black-hole the link ("up": client to target, "down": back, or "both") until `heal()`."""
+        assert direction in ("up", "down", "both"), direction
+        if direction in ("up", "both"):
+            self._up.clear()
+        if direction in ("down", "both"):
+            self._down.clear()
+
+    def heal(self) -> None:
+        self._up.set()
+        self._down.set()
+
+    @property
+    def stalled(self) -> bool:
+        return not (self._up.is_set() and self._down.is_set())
+
     def block(self) -> None:
         self.blocked = True
 
@@ -68,6 +95,7 @@ class TcpProxy:
         self.blocked = False
 
     async def close(self) -> None:
+        self.heal()
         self.cut()
         if self._server is not None:
             self._server.close()
