@@ -335,8 +335,10 @@ class SignalingClient(_Events):
                 link = self.links.get(payload.get("from", ""))
                 if link is not None:  # made now by an `offer` handler, or before
                     link._handle(payload)  # noqa: SLF001
-            elif event == "frame" and isinstance(payload.get("seq"), str):
-                self.last_seq = payload["seq"]  # every delivery ends with its `frame`: processed
+            elif event in ("frame", "welcome") and isinstance(payload.get("seq"), str):
+                # every delivery ends with its `frame`: processed; a welcome's seq is where the
+                # connection starts (protocol 1.1), the resume point until a delivery is processed
+                self.last_seq = payload["seq"]
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -540,11 +542,11 @@ class SignalingClient(_Events):
 
     def _on_frame(self, frame: Frame) -> None:
         kind = frame["type"]
-        if "seq" in frame or kind in RELAYED:
+        if kind == "welcome":  # (first: since protocol 1.1 it carries a `seq` too)
+            self._on_welcome(frame)
+        elif "seq" in frame or kind in RELAYED:
             if self._dedupe.fresh(frame):
                 self._deliver(frame)
-        elif kind == "welcome":
-            self._on_welcome(frame)
         elif kind == "ack":
             self._settle(frame.get("id"), Ack(str(frame.get("id")), frame.get("queued") is True), None)
         elif kind == "error":

@@ -503,6 +503,7 @@ export class SignalingClient extends Emitter {
   _onFrame(/** @type {any} */ frame) {
     if (!frame || typeof frame.type !== "string") return;
     this._awaitingPong = 0; // any frame proves the connection alive
+    if (frame.type === "welcome") return this._onWelcome(frame); // (first: since 1.1 it has a seq)
     if (typeof frame.seq === "string") {
       if (this.lastSeq && compareSeq(frame.seq, this.lastSeq) <= 0) return; // seen already
       if (!this._isRepeat(frame)) this._dispatch(frame);
@@ -556,6 +557,8 @@ export class SignalingClient extends Emitter {
     this.node = frame.node;
     this.iceServers = frame.iceServers ?? [];
     this.heartbeat = frame.heartbeat ?? 25;
+    // protocol 1.1: where this connection starts, the resume point until a delivery is processed
+    if (typeof frame.seq === "string") this.lastSeq = frame.seq;
     this._setState("open");
     this._startHeartbeat();
     // first what a dead connection left unacknowledged and what waited for a connection,
