@@ -192,6 +192,7 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
+    started = time.monotonic()
     node = request.app[NODE]
     s = node.settings
     if node.draining:
@@ -232,7 +233,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             await ws.prepare(request)  # (no can_prepare() first: it would check the handshake twice)
         except web.HTTPException:  # not a WebSocket handshake: nothing was written yet
             return _json_error(426, "upgrade-required", "this endpoint speaks WebSocket only")
-        await session.run(resume)
+        await session.run(resume, started)
     finally:
         node.sessions.discard(session)
         node.tasks.discard(task)

@@ -34,6 +34,7 @@ class Outcome(enum.Enum):
     ROOM_FULL = "room-full"
     TOO_MANY_ROOMS = "too-many-rooms"
     OK = "ok"
+    REPLACED = "replaced"  # the sending connection no longer owns its peer id: nothing was done
 
 
 @dataclass(slots=True)
@@ -53,6 +54,7 @@ class Attached:
     resumed: bool
     replay: list[tuple[str, bytes]]  # (seq, body) to send before anything newer
     rooms: frozenset[str]
+    seq: str = "0-0"  # the connection's resume point: a resume from it replays all it was given
 
 
 @dataclass(slots=True)
@@ -90,7 +92,7 @@ class Directory:
             record = PeerRecord(self._epoch, node, Inbox(self.inbox_limit))
             record.delivered = record.inbox.last
             self.peers[peer] = record
-            return Attached(self._epoch, None, False, [], frozenset())
+            return Attached(self._epoch, None, False, [], frozenset(), format_seq(record.inbox.last))
         replaced = record.epoch if record.connected else None
         after = parse_seq(resume) if resume is not None else None
         if after is not None:
@@ -102,7 +104,9 @@ class Directory:
         replay = record.inbox.after(start)
         record.epoch, record.node, record.connected, record.deadline = self._epoch, node, True, 0.0
         record.delivered = replay[-1].seq if replay else record.inbox.last
-        return Attached(self._epoch, replaced, resumed, [_pair(e) for e in replay], frozenset(record.rooms))
+        point = max(start, record.inbox.trimmed)  # a resume from here replays exactly what this connection gets
+        return Attached(self._epoch, replaced, resumed, [_pair(e) for e in replay], frozenset(record.rooms),
+                        format_seq(point))
 
     def detach(self, peer: str, epoch: int, now: float, *, final: bool, delivered: str | None = None) -> list[Delivery]:
         """The connection `epoch` ended. final: the peer leaves now; else it is reconnecting."""
@@ -135,7 +139,16 @@ class Directory:
         return min(deadlines) if deadlines else None
 
     # -- messages ------------------------------------------------------------------
-    def send(self, to: str, body: bytes, now: float) -> Result:
+    def owns(self, sender: tuple[str, int] | None) -> bool:
+        """True if `sender` (peer, epoch) is the peer's connected connection (or None: no fence)."""
+        if sender is None:
+            return True
+        record = self.peers.get(sender[0])
+        return record is not None and record.epoch == sender[1] and record.connected
+
+    def send(self, to: str, body: bytes, now: float, sender: tuple[str, int] | None = None) -> Result:
+        if not self.owns(sender):
+            return Result(Outcome.REPLACED)
         record = self.peers.get(to)
         if record is None:
             return Result(Outcome.NO_PEER)
@@ -144,7 +157,9 @@ class Directory:
             return Result(Outcome.QUEUED)
         return Result(Outcome.DELIVERED, (delivery,))
 
-    def broadcast(self, sender: str, room: str, body: bytes, now: float) -> Result:
+    def broadcast(self, sender: str, room: str, body: bytes, now: float, epoch: int | None = None) -> Result:
+        if epoch is not None and not self.owns((sender, epoch)):
+            return Result(Outcome.REPLACED)
         members = self.rooms.get(room)
         if not members or sender not in members:
             return Result(Outcome.NOT_IN_ROOM)

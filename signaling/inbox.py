@@ -21,7 +21,10 @@ def parse_seq(text: str | None) -> Seq | None:
     ms, dash, n = text.partition("-")
     if not dash or not ms.isdigit() or not n.isdigit() or not ms.isascii() or not n.isascii():
         return None
-    return int(ms), int(n)
+    seq = int(ms), int(n)
+    if seq[0] >= 1 << 64 or seq[1] >= 1 << 64:
+        return None  # beyond what a Redis stream id can hold
+    return seq
 
 
 def seq_key(text: str) -> Seq:

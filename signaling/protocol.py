@@ -293,7 +293,9 @@ def ack(id: ReceiptId, queued: bool = False) -> bytes:
     return dumps({"type": "ack", "id": id, "queued": True} if queued else {"type": "ack", "id": id})
 
 
-def welcome(peer: str, node: str, ice_servers: list[dict[str, Any]], heartbeat: float, resumed: bool) -> bytes:
+def welcome(peer: str, node: str, ice_servers: list[dict[str, Any]], heartbeat: float, resumed: bool,
+            seq: str = "0-0") -> bytes:
+    """`seq` (protocol 1.1): the connection's resume point before it has processed anything."""
     return dumps({
         "type": "welcome",
         "peer": peer,
@@ -301,6 +303,7 @@ def welcome(peer: str, node: str, ice_servers: list[dict[str, Any]], heartbeat: 
         "iceServers": ice_servers,
         "heartbeat": heartbeat,
         "resumed": resumed,
+        "seq": seq,
     })
 
 

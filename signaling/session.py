@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 from . import core
 from . import protocol as p
 from .auth import Identity
-from .bus import BusUnavailable
+from .bus import AttachRefused, BusUnavailable, LeaseLost
 from .directory import Attached, Outcome, Result
 from .inbox import ZERO, seq_key
 from .protocol import CloseCode
@@ -120,14 +120,18 @@ class Session:
     def lost(self) -> None:
         self.close(CloseCode.INTERNAL, "missed messages while the cluster reconnected; resume")
 
+    def fenced(self) -> None:
+        self._stopped = True  # not one more frame: this node may no longer act for the peer
+        self.close(CloseCode.DRAINING, "this node lost its place in the cluster; reconnect")
+
     # -- lifecycle -----------------------------------------------------------------
-    async def run(self, resume: str | None) -> None:
+    async def run(self, resume: str | None, started: float) -> None:
         """Attach, then read frames until the connection ends, then detach. (One coroutine,
         not a reader called from here: each coroutine frame is kept for the connection's
-        life, ~250 bytes a connection.)"""
+        life, ~250 bytes a connection.) `started`: when the handshake began (monotonic)."""
         ws = self.ws
         try:
-            self._start(await self.node.bus.attach(self.peer, self, resume))  # (no local: it would live on)
+            self._start(await self.node.bus.attach(self.peer, self, resume, started=started))  # (no local: it would live on)
             while True:
                 msg = await ws.receive()
                 self.heard = True
@@ -158,6 +162,12 @@ class Session:
                         self._handled.set_result(None)
                 if self._closing is not None:
                     break
+        except AttachRefused as exc:
+            log.info("handshake of %s refused: %s", self.peer, exc)
+            if exc.newer:
+                self.close(CloseCode.REPLACED, "replaced by a newer connection")
+            else:
+                self.close(CloseCode.INTERNAL, "the handshake took too long; reconnect")
         except BusUnavailable:
             log.warning("bus unavailable while attaching %s", self.peer)
             self.close(CloseCode.INTERNAL, "cluster unavailable; reconnect later")
@@ -179,7 +189,8 @@ class Session:
         s = self.node.settings
         ice = self.node.ice_servers(self.peer)
         heartbeat = int(s.heartbeat) if float(s.heartbeat).is_integer() else s.heartbeat
-        self._reply(core.Reply(p.welcome(self.peer, s.node_id, ice, heartbeat, attached.resumed), "welcome"))
+        self._reply(core.Reply(p.welcome(self.peer, s.node_id, ice, heartbeat, attached.resumed, attached.seq),
+                               "welcome"))
         self.node.metrics.connects.labels(str(attached.resumed).lower()).inc()
         self.node.metrics.replayed.inc(len(attached.replay))
         self.started = True
@@ -200,7 +211,7 @@ class Session:
         """Finish the frame being handled (its receipt goes out: a delivered message is
         never left without its ack), then say goodbye. A slow consumer (1011) is cut
         off at once."""
-        if code is not CloseCode.INTERNAL:
+        if code is not CloseCode.INTERNAL and not self._stopped:
             with contextlib.suppress(asyncio.TimeoutError):
                 if self._handling:
                     self._handled = asyncio.get_running_loop().create_future()
@@ -217,7 +228,9 @@ class Session:
         code = self._closing if self._closing is not None else self.ws.close_code
         final = self._client_closed or code in _FINAL_CLOSES
         self.node.metrics.closes.labels(str(int(code)) if code is not None else "none").inc()
-        if self.epoch and code is not CloseCode.REPLACED:
+        if self.epoch and code is CloseCode.REPLACED:
+            await self.node.bus.forget(self.peer, self.epoch)  # the newer connection owns the peer now
+        elif self.epoch:
             try:
                 await self.node.bus.detach(self.peer, self.epoch, final=final, delivered=self._written)
             except BusUnavailable:
@@ -235,12 +248,19 @@ class Session:
             else:
                 try:
                     result = await self._bus_call(effect)  # type: ignore[arg-type]
+                except LeaseLost:
+                    continue  # its outcome is unknown, and the connection is closing: no answer
                 except BusUnavailable:
                     replies = self.core.unavailable(effect)  # type: ignore[arg-type]
                 else:
+                    if result.outcome is Outcome.REPLACED:
+                        self.replaced()  # a newer connection owns the peer: this one says nothing more
+                        continue
                     if result.outcome is Outcome.QUEUED:
                         self.node.metrics.queued.inc()
                     replies = self.core.settle(effect, result)  # type: ignore[arg-type]
+                if not self.node.bus.serving:
+                    continue  # the node may not act for the peer any more: the connection is closing
                 for reply in replies:
                     self._reply(reply)  # type: ignore[arg-type]
 
@@ -249,13 +269,14 @@ class Session:
         this method's own per message)."""
         bus, kind = self.node.bus, type(work)
         if kind is core.Send:
-            return bus.send(work.to, work.body)  # type: ignore[union-attr]
+            return bus.send(work.to, work.body, origin=(self.peer, self.epoch))  # type: ignore[union-attr]
         if kind is core.Broadcast:
-            return bus.broadcast(self.peer, work.room, work.body)  # type: ignore[union-attr]
+            return bus.broadcast(self.peer, work.room, work.body, epoch=self.epoch)  # type: ignore[union-attr]
         if kind is core.JoinRoom:
             s = self.node.settings
-            return bus.join(self.peer, work.room, room_limit=s.room_limit, rooms_per_peer=s.rooms_per_peer)
-        return bus.leave(self.peer, work.room)
+            return bus.join(self.peer, work.room, room_limit=s.room_limit, rooms_per_peer=s.rooms_per_peer,
+                            epoch=self.epoch)
+        return bus.leave(self.peer, work.room, epoch=self.epoch)
 
     # -- writing ---------------------------------------------------------------------
     def _reply(self, reply: core.Reply) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import Bus, BusUnavailable, Mailbox
+from .base import AttachRefused, Bus, BusUnavailable, LeaseLost, Mailbox
 
 if TYPE_CHECKING:
     from ..config import Settings
 
-__all__ = ["Bus", "BusUnavailable", "Mailbox", "from_settings"]
+__all__ = ["AttachRefused", "Bus", "BusUnavailable", "LeaseLost", "Mailbox", "from_settings"]
 
 
 def from_settings(settings: Settings, metrics: Any = None) -> Bus:

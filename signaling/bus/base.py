@@ -18,8 +18,15 @@ Contract (every implementation; tests/contract runs one suite over all of them):
   grace period; `attach` within it (with `resume`) replays the inbox. When the grace
   runs out, or on `detach(final=True)`, the peer leaves every room (`peer-left` to the
   others) and its inbox is dropped.
+- **Fencing.** `send` / `broadcast` / `join` / `leave` made for a connection name it
+  (`origin` / `epoch`): a connection that no longer owns its peer id changes nothing;
+  its sends answer `REPLACED` when a newer connection owns the id.
 - **Failure.** An operation that cannot reach the cluster raises `BusUnavailable`
-  and has no effect; `ready` is False until it can again.
+  and has no effect; `ready` is False until it can again. A send whose outcome cannot
+  be known is never answered `BusUnavailable`: the bus tries it again until it knows,
+  or raises `LeaseLost` (the node closes the connection without an answer).
+- **Serving.** A node may act for its connections only while `serving` (on the Redis
+  bus: while it holds its lease); when that ends every mailbox gets `fenced()`.
 """
 
 from __future__ import annotations
@@ -31,7 +38,21 @@ from ..directory import Attached, Result
 
 
 class BusUnavailable(Exception):
-    """The bus cannot route right now (its backend is unreachable)."""
+    """The bus cannot route right now (its backend is unreachable). Nothing was done."""
+
+
+class LeaseLost(BusUnavailable):
+    """This node may not serve any more (its lease ran out); what was under way may or
+    may not have happened, so the connection gets no answer: it is being closed."""
+
+
+class AttachRefused(Exception):
+    """An attach that must not take the peer: `newer` when a connection whose handshake
+    began later owns it, else the handshake took too long (its client has given up)."""
+
+    def __init__(self, newer: bool) -> None:
+        super().__init__("a newer connection owns this peer" if newer else "the handshake took too long")
+        self.newer = newer
 
 
 class Mailbox(Protocol):
@@ -43,8 +64,12 @@ class Mailbox(Protocol):
 
     def lost(self) -> None:
         """The bus missed deliveries it cannot recover for this connection (its inbox
-        bound was exceeded while the bus was reconnecting): close it so the client
-        resumes and learns whether it must renegotiate."""
+        bound was exceeded while the bus was reconnecting), or the connection no longer
+        owns its peer in the cluster: close it so the client resumes and learns whether
+        it must renegotiate."""
+
+    def fenced(self) -> None:
+        """The node lost the right to serve: close at once, write nothing more."""
 
 
 class Bus(abc.ABC):
@@ -54,6 +79,11 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     def ready(self) -> bool:
         """True while the bus can route (its backend is connected)."""
+
+    @property
+    def serving(self) -> bool:
+        """True while this node may act for its connections (see the module docstring)."""
+        return True
 
     def local_peers(self) -> int:
         """Peers connected to this node."""
@@ -70,8 +100,13 @@ class Bus(abc.ABC):
         """Disconnect and stop background work; called once at shutdown."""
 
     @abc.abstractmethod
-    async def attach(self, peer: str, mailbox: Mailbox, resume: str | None = None) -> Attached:
-        """Make `mailbox` the one connection of `peer`; see the module docstring."""
+    async def attach(self, peer: str, mailbox: Mailbox, resume: str | None = None, *,
+                     started: float | None = None) -> Attached:
+        """Make `mailbox` the one connection of `peer`; see the module docstring.
+
+        `started` (time.monotonic()) is when the connection's handshake began: an attach
+        from a handshake older than the one that owns the peer, or one that took too long,
+        raises AttachRefused."""
 
     @abc.abstractmethod
     async def detach(self, peer: str, epoch: int, *, final: bool, delivered: str | None = None) -> None:
@@ -81,18 +116,23 @@ class Bus(abc.ABC):
         `resume=` starts after it.
         """
 
-    @abc.abstractmethod
-    async def send(self, to: str, body: bytes) -> Result:
-        """Put `body` in peer `to`'s inbox and deliver it: DELIVERED, QUEUED or NO_PEER."""
+    async def forget(self, peer: str, epoch: int) -> None:
+        """Connection `epoch` of `peer` was replaced: it gets nothing more (no detach)."""
 
     @abc.abstractmethod
-    async def broadcast(self, sender: str, room: str, body: bytes) -> Result:
-        """`body` to every member of `room` but `sender`: DELIVERED, QUEUED or NOT_IN_ROOM."""
+    async def send(self, to: str, body: bytes, *, origin: tuple[str, int] | None = None) -> Result:
+        """Put `body` in peer `to`'s inbox and deliver it: DELIVERED, QUEUED or NO_PEER
+        (REPLACED when `origin`, the sending (peer, epoch), no longer owns its id)."""
 
     @abc.abstractmethod
-    async def join(self, peer: str, room: str, *, room_limit: int, rooms_per_peer: int) -> Result:
+    async def broadcast(self, sender: str, room: str, body: bytes, *, epoch: int | None = None) -> Result:
+        """`body` to every member of `room` but `sender`: DELIVERED, QUEUED, NOT_IN_ROOM (or REPLACED)."""
+
+    @abc.abstractmethod
+    async def join(self, peer: str, room: str, *, room_limit: int, rooms_per_peer: int,
+                   epoch: int | None = None) -> Result:
         """OK with `peers` (the others), ROOM_FULL or TOO_MANY_ROOMS; others get `peer-joined`."""
 
     @abc.abstractmethod
-    async def leave(self, peer: str, room: str) -> Result:
+    async def leave(self, peer: str, room: str, *, epoch: int | None = None) -> Result:
         """OK or NOT_IN_ROOM; the others get `peer-left`."""

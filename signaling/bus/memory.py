@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Callable
 
 from ..directory import Attached, Delivery, Directory, Result
-from .base import Bus, Mailbox
+from .base import Bus, BusUnavailable, Mailbox
 
 
 class MemoryBus(Bus):
@@ -35,7 +35,8 @@ class MemoryBus(Bus):
             timer.cancel()
         self._timers.clear()
 
-    async def attach(self, peer: str, mailbox: Mailbox, resume: str | None = None) -> Attached:
+    async def attach(self, peer: str, mailbox: Mailbox, resume: str | None = None, *,
+                     started: float | None = None) -> Attached:
         attached = self.directory.attach(peer, self.node_id, self.clock(), resume)
         previous = self._mailboxes.get(peer)
         self._mailboxes[peer] = (attached.epoch, mailbox)
@@ -51,17 +52,27 @@ class MemoryBus(Bus):
         if not final:
             self._expire_later(self.directory.grace)
 
-    async def send(self, to: str, body: bytes) -> Result:
-        return self._dispatched(self.directory.send(to, body, self.clock()))
+    async def forget(self, peer: str, epoch: int) -> None:
+        current = self._mailboxes.get(peer)
+        if current is not None and current[0] == epoch:
+            del self._mailboxes[peer]
 
-    async def broadcast(self, sender: str, room: str, body: bytes) -> Result:
-        return self._dispatched(self.directory.broadcast(sender, room, body, self.clock()))
+    async def send(self, to: str, body: bytes, *, origin: tuple[str, int] | None = None) -> Result:
+        return self._dispatched(self.directory.send(to, body, self.clock(), origin))
 
-    async def join(self, peer: str, room: str, *, room_limit: int, rooms_per_peer: int) -> Result:
+    async def broadcast(self, sender: str, room: str, body: bytes, *, epoch: int | None = None) -> Result:
+        return self._dispatched(self.directory.broadcast(sender, room, body, self.clock(), epoch))
+
+    async def join(self, peer: str, room: str, *, room_limit: int, rooms_per_peer: int,
+                   epoch: int | None = None) -> Result:
+        if epoch is not None and not self.directory.owns((peer, epoch)):
+            raise BusUnavailable("this connection does not own its peer id")
         return self._dispatched(self.directory.join(peer, room, self.clock(), room_limit=room_limit,
                                                     rooms_per_peer=rooms_per_peer))
 
-    async def leave(self, peer: str, room: str) -> Result:
+    async def leave(self, peer: str, room: str, *, epoch: int | None = None) -> Result:
+        if epoch is not None and not self.directory.owns((peer, epoch)):
+            raise BusUnavailable("this connection does not own its peer id")
         return self._dispatched(self.directory.leave(peer, room, self.clock()))
 
     # ------------------------------------------------------------------------------

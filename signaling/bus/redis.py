@@ -7,15 +7,26 @@ costs work on two nodes whatever the size of the cluster. Inboxes, ownership, ro
 and grace deadlines all live in Redis: a node can die at any moment and the others
 take over its peers' grace (see `_sweep`).
 
+A node serves (attaches, relays, acks, delivers) only while it holds a **lease**: an
+entry in the nodes zset that Redis's clock says is current, renewed every third of
+`node_ttl`. The node counts its lease from the moment it SENT the renewal, on its own
+monotonic clock, minus a margin, so it always runs out here before it runs out in
+Redis, where the other nodes' sweepers may then orphan its peers. A node that finds
+its lease gone (it was paused, or cut off from Redis) closes every socket at once so
+its clients resume elsewhere, and takes a new lease before serving again. Every
+script that acts for a connection checks that connection's **fence** (its epoch, see
+redis_scripts) so a write from a node that lost its lease, or from a connection that
+was superseded, is refused. docs/CLUSTER.md has the whole model.
+
 One pub/sub connection per Redis server (`Subscriber`), one reader task each. When a
-connection drops, its reader reconnects with back-off, subscribes every channel again,
-registers this node's live peers again (Redis may have come back empty) and fills the
-gap from each local peer's inbox, so a live session misses nothing.
+connection drops, its reader reconnects, subscribes every channel again and, holding
+new messages back, registers this node's live peers again and hands each what reached
+its inbox meanwhile; then the held messages follow, so a live session misses nothing
+and sees nothing out of order.
 
 `redis+cluster://host:port[,host:port...]` runs on Redis Cluster: every key and channel
 of a peer shares the hash tag `{p:<id>}`, scripts publish with SPUBLISH (sharded
-pub/sub, Redis 7), and the node keeps one subscriber per primary, so the bus scales
-with the cluster's shards (classic PUBLISH would be broadcast to every shard).
+pub/sub, Redis 7), and the node keeps one subscriber per primary.
 """
 
 from __future__ import annotations
@@ -23,28 +34,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import re
+import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import envelope
 from ..directory import Attached, Outcome, Result
-from ..inbox import ZERO, format_seq, next_seq, parse_seq
 from ..protocol import room_event
 from . import redis_scripts as lua
-from .base import Bus, BusUnavailable, Mailbox
 from . import redis_wire
-from .redis_batcher import Batcher
+from .base import AttachRefused, Bus, BusUnavailable, LeaseLost, Mailbox
+from .redis_batcher import Batcher, CommandNotSent
 from .redis_subscriber import Subscriber
 
 log = logging.getLogger("signaling.bus.redis")
 PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+ATTACH_WINDOW = 5.0  # s: a handshake whose ATTACH reaches Redis later than this after it began is refused
+LEASE_MARGIN = 0.2  # of node_ttl: the lease runs out here this much before it does in Redis
+RETRY_PAUSE = 0.05  # s: between tries of a send whose first reply was lost
 
 
 @dataclass(eq=False, slots=True)
@@ -56,10 +74,6 @@ class _Local:
     pending: list[envelope.Envelope] = field(default_factory=list)  # arrived before the epoch was known
     last_seq: str = "0-0"  # last seq handed to the mailbox (for gap repair after a reconnect)
     rooms: frozenset[str] = frozenset()  # its rooms, to register again if Redis loses them (replaced on change)
-
-
-def _ms() -> int:
-    return int(time.time() * 1000)
 
 
 def cluster_nodes(url: str) -> list[tuple[str, int]]:
@@ -77,6 +91,15 @@ def cluster_nodes(url: str) -> list[tuple[str, int]]:
 _CONNECTION = dict(socket_timeout=5, socket_connect_timeout=2, health_check_interval=2, retry_on_timeout=False)
 
 
+def _outcome_unknown(exc: BaseException) -> bool:
+    """True when a command that failed with `exc` may still have run in Redis."""
+    if isinstance(exc, CommandNotSent):
+        return False
+    if isinstance(exc, RedisConnectionError) and " connecting to " in str(exc):
+        return False  # redis-py could not connect ("Error 111 connecting to host:port"): nothing was sent
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError))
+
+
 class RedisBus(Bus):
     def __init__(self, url: str, *, node_id: str, grace: float, inbox_limit: int, prefix: str = "signaling",
                  node_ttl: float = 3.0, metrics: Any = None) -> None:
@@ -86,20 +109,30 @@ class RedisBus(Bus):
         self.prefix, self.node_ttl, self.metrics = prefix, node_ttl, metrics
         self.clustered = url.startswith("redis+cluster://")
         self._redis: Any = None  # redis.asyncio.Redis, or RedisCluster
-        self._batcher: Batcher | None = None  # one Redis: the hot path's auto-pipelined connection
+        self._batcher: Batcher | None = None  # one Redis: every script and command goes through it
         self._sha: dict[str, str] = {}  # script name -> its SHA1
         self._subscribers: dict[str, Subscriber] = {}  # server name -> its pub/sub connection
         self._local: dict[str, list[_Local]] = {}  # peer id -> its connections on this node
         self._channel_peer: dict[bytes, str] = {}  # channel name -> peer id, for subscribed channels
         self._healthy = False  # the last command connection use succeeded
         self._topology_lock = asyncio.Lock()  # cluster: one topology refresh at a time
+        self._recovery = asyncio.Lock()  # one registration round at a time
         self._send_keys: dict[str, bytes] = {}  # peer -> its keys packed for SEND (bounded)
-        self._send_head = self._send_limit = self._send_ttl = b""
+        self._sender_keys: dict[str, bytes] = {}  # peer -> its state key packed, as a sender (bounded)
+        self._send_head = self._send_tail = b""
+        self._send_ids = itertools.count(1)
+        self._boot = secrets.token_hex(6)  # this process: with a counter, a key for each send
         self._settle_until = 0.0  # monotonic; before it, Redis may still miss peers other nodes re-register
+        self._lease_until = 0.0  # monotonic: this node may serve until then (0: it holds no lease)
+        self._lease_timer: asyncio.TimerHandle | None = None
+        self._offset_us = 0.0  # Redis's clock minus this node's monotonic clock, in us (from lease replies)
         self._tasks: list[asyncio.Task[None]] = []
         self._expired = 0
-        self.nodes_key = f"{prefix}:nodes"  # zset: node id -> last heartbeat (ms)
-        self.grace_key = f"{prefix}:grace"  # zset: peer id -> end of its grace (ms)
+        self._detach_failed = False  # a detach could not reach Redis: reconcile at the next heartbeat
+        self._recovering = False  # a recovery round is due (the last one failed part-way)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.nodes_key = f"{prefix}:nodes"  # zset: node id -> end of its lease (ms, Redis's clock)
+        self.grace_key = f"{prefix}:grace"  # zset: peer id -> end of its grace (ms, Redis's clock)
         self.control = f"{prefix}:{{n:{node_id}}}".encode()  # this node's own channel
 
     # -- keys ------------------------------------------------------------------------
@@ -118,14 +151,22 @@ class RedisBus(Bus):
         """Backstop expiry of a reconnecting peer's keys: the grace plus a margin."""
         return int((self.grace + max(10.0, self.grace)) * 1000)
 
+    @property
+    def _grace_ms(self) -> int:
+        return int(self.grace * 1000)
+
     # -- lifecycle -------------------------------------------------------------------
     @property
     def _subscribed(self) -> bool:
         return bool(self._subscribers) and all(sub.up for sub in self._subscribers.values())
 
     @property
+    def serving(self) -> bool:
+        return time.monotonic() < self._lease_until
+
+    @property
     def ready(self) -> bool:
-        return self._subscribed and self._healthy
+        return self._subscribed and self._healthy and self.serving
 
     def local_peers(self) -> int:
         return len(self._local)
@@ -134,9 +175,8 @@ class RedisBus(Bus):
         return self._expired
 
     async def start(self) -> None:
-        scripts = {name: getattr(lua, name) for name in (
-            "ATTACH", "DETACH", "ORPHAN", "EXPIRE", "SEND", "JOIN_PEER", "JOIN_ROOM", "LEAVE_ROOM",
-            "MEMBERS_IF_IN", "UNSCHEDULE", "REGISTER")}
+        self._loop = asyncio.get_running_loop()
+        scripts = {name: getattr(lua, name) for name in lua.NAMES}
         if self.clustered:
             nodes = [ClusterNode(host, port) for host, port in cluster_nodes(self.url)]
             self._redis = RedisCluster(startup_nodes=nodes, socket_timeout=5, socket_connect_timeout=2)
@@ -146,8 +186,7 @@ class RedisBus(Bus):
             for primary in self._redis.get_primaries():
                 self._add_subscriber(primary.name, {"host": primary.host, "port": primary.port})
         else:
-            # background work (sweeper, heartbeat, recovery) borrows from a bounded pool that
-            # waits rather than failing; the hot path goes through the batcher's connection
+            # every command goes through the batcher; the client is for redis-py's script objects
             pool = aioredis.BlockingConnectionPool.from_url(self.url, max_connections=16, timeout=5, **_CONNECTION)
             self._redis = aioredis.Redis(connection_pool=pool)
             self._add_subscriber("redis", redis_wire.options(self.url))
@@ -157,8 +196,7 @@ class RedisBus(Bus):
             self._batcher.start()
         self._scripts = {name: self._redis.register_script(text) for name, text in scripts.items()}
         try:
-            await self._redis.zadd(self.nodes_key, {self.node_id: _ms()})
-            self._healthy = True
+            await self._take_lease()
         except (RedisError, OSError) as exc:
             log.warning("redis unreachable at start (%s); retrying in the background", exc)
         self._tasks = [asyncio.create_task(self._heartbeat_forever(), name="bus-heartbeat"),
@@ -167,11 +205,11 @@ class RedisBus(Bus):
         while not self.ready and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
-    def _add_subscriber(self, name: str, options: dict[str, Any]) -> Subscriber:
+    def _add_subscriber(self, name: str, options: dict[str, Any], *, recovering: bool = False) -> Subscriber:
         sub = Subscriber(options, name=name, sharded=self.clustered, on_message=self._on_message,
                          on_reconnect=self._on_reconnect, on_lost=self._on_lost if self.clustered else None)
         self._subscribers[name] = sub
-        sub.start()
+        sub.start(recovering=recovering)
         return sub
 
     async def _on_lost(self, lost: Subscriber) -> None:
@@ -193,9 +231,9 @@ class RedisBus(Bus):
             for channel in list(self._channel_peer):
                 owner = self._redis.get_node_from_key(channel).name
                 target = self._subscribers.get(owner)
-                if target is None:
+                if target is None:  # its first connection fills the gaps of the channels it takes over
                     node = primaries[owner]
-                    target = self._add_subscriber(owner, {"host": node.host, "port": node.port})
+                    target = self._add_subscriber(owner, {"host": node.host, "port": node.port}, recovering=True)
                 if channel not in target.channels:
                     for sub in self._subscribers.values():
                         sub.channels.discard(channel)
@@ -217,10 +255,7 @@ class RedisBus(Bus):
                             moved, len(stale))
                 self._settle_until = time.monotonic() + self.node_ttl
                 with contextlib.suppress(RedisError, OSError, BusUnavailable):
-                    await self._register_again()  # what the new primary lost of our peers
-            if moved:
-                with contextlib.suppress(RedisError, OSError):
-                    await self._repair_gaps()
+                    await self._recover()  # what the new primary lost of our peers, and the gaps
         for sub in stale:  # last: the caller may be one of them, and closing cancels it
             asyncio.ensure_future(sub.close())
 
@@ -234,17 +269,20 @@ class RedisBus(Bus):
         return sub
 
     async def close(self) -> None:
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for sub in self._subscribers.values():
             await sub.close()
+        if self._redis is not None:
+            with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+                async with asyncio.timeout(2):
+                    await self._cmd("ZREM", self.nodes_key, self.node_id)  # the others need not wait for its lease
+            await self._redis.aclose()
         if self._batcher is not None:
             await self._batcher.close()
-        if self._redis is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._redis.zrem(self.nodes_key, self.node_id)
-            await self._redis.aclose()
 
     @contextlib.asynccontextmanager
     async def _guard(self, strict: bool = True) -> AsyncIterator[Any]:
@@ -263,58 +301,174 @@ class RedisBus(Bus):
             raise BusUnavailable(str(exc)) from exc
         self._healthy = True
 
+    # -- the lease -------------------------------------------------------------------
+    def _check_serving(self) -> None:
+        """Raise (after closing every connection, if the lease just ran out) unless this
+        node may serve right now."""
+        if time.monotonic() < self._lease_until:
+            return
+        if self._lease_until:
+            self._lose_lease("it ran out before it could be renewed (paused, or cut off from Redis)")
+        raise LeaseLost("this node holds no lease")
+
+    def _redis_time_us(self, monotonic: float) -> int:
+        """Redis's clock at local monotonic time `monotonic`, as known from the last lease reply."""
+        return int(monotonic * 1e6 + self._offset_us)
+
+    def _held_lease(self, sent: float, redis_ms: int) -> None:
+        """A lease request sent at `sent` (monotonic) was granted by Redis at `redis_ms`."""
+        received = time.monotonic()
+        until = sent + self.node_ttl * (1 - LEASE_MARGIN)
+        if until <= received:
+            return  # granted, but too late to use: the next step takes a new one
+        # Redis read its clock between `sent` and `received`: the midpoint is at most half a
+        # round trip off, and a lease reply is never a long round trip (see above)
+        self._offset_us = redis_ms * 1000 - (sent + received) / 2 * 1e6
+        self._lease_until = until
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+        loop = self._loop or asyncio.get_running_loop()
+        self._lease_timer = loop.call_later(until - received + 0.001, self._lease_check)
+
+    def _lease_check(self) -> None:
+        self._lease_timer = None
+        if self._lease_until and time.monotonic() >= self._lease_until:
+            self._lose_lease(f"not renewed within {self.node_ttl * (1 - LEASE_MARGIN):.1f}s (cut off from Redis?)")
+
+    def _lose_lease(self, why: str) -> None:
+        """The lease ran out: the others may take this node's peers over at any moment.
+        Close every connection at once (clients resume on another node, from their
+        inboxes) before anything else."""
+        if not self._lease_until:
+            return
+        self._lease_until = 0.0
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+            self._lease_timer = None
+        mailboxes = [local.mailbox for locals_ in self._local.values() for local in locals_]
+        for mailbox in mailboxes:
+            mailbox.fenced()
+        log.warning("lease lost: %s; closed %d connections so they resume elsewhere", why, len(mailboxes))
+
+    async def _take_lease(self) -> None:
+        """A new lease (at start, or after losing one): then the peers Redis still places on
+        this node without a connection here start their grace."""
+        sent = time.monotonic()
+        now_ms, _ = await self._eval("LEASE", [self.nodes_key], [self.node_id, int(self.node_ttl * 1000), "join"])
+        self._healthy = True
+        await self._reconcile()
+        self._held_lease(sent, int(now_ms))
+
+    async def _renew_lease(self) -> bool:
+        """Extend the lease; False if Redis had lost it while it was valid here."""
+        sent = time.monotonic()
+        now_ms, status = await self._eval("LEASE", [self.nodes_key], [self.node_id, int(self.node_ttl * 1000),
+                                                                      "renew"])
+        self._healthy = True
+        if status == 1:
+            self._held_lease(sent, int(now_ms))
+            return True
+        if status == 0:
+            # Redis restarted empty or failed over: nobody can have taken this node's peers
+            # while its lease was valid, so it takes a new one and registers them again
+            log.warning("Redis lost this node's lease (restarted empty?): registering its peers again")
+            self._settle_until = time.monotonic() + self.node_ttl
+            await self._take_lease()
+            return False
+        self._lose_lease("Redis says it ran out (this node's clock runs slow?)")
+        raise LeaseLost("the lease ran out in Redis")
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            try:
+                if self._lease_until:
+                    self._check_serving()
+                    if not await self._renew_lease() or self._recovering:
+                        await self._recover()
+                    elif self._detach_failed:
+                        self._detach_failed = False
+                        await self._reconcile()
+                else:
+                    await self._take_lease()
+            except LeaseLost:
+                pass  # the next step takes a new one
+            except (RedisError, OSError, BusUnavailable) as exc:
+                if self._healthy:
+                    log.warning("bus heartbeat failed: %s", exc)
+                self._healthy = False
+            except Exception:
+                log.exception("bus heartbeat failed")
+            await asyncio.sleep(self.node_ttl / 3)
+
     # -- connections -----------------------------------------------------------------
-    async def attach(self, peer: str, mailbox: Mailbox, resume: str | None = None) -> Attached:
+    async def attach(self, peer: str, mailbox: Mailbox, resume: str | None = None, *,
+                     started: float | None = None) -> Attached:
+        self._check_serving()
         state, inbox, rooms, channel = self._peer_keys(peer)
+        began = self._redis_time_us(time.monotonic() if started is None else started)
         local = _Local(mailbox)
         locals_ = self._local.setdefault(peer, [])
         locals_.append(local)
         try:
             if len(locals_) == 1:
                 await self._subscribe(channel.encode(), peer)
+            args = [self.node_id, resume or "", self.inbox_limit, peer, began, began + int(ATTACH_WINDOW * 1e6)]
             async with self._guard():
                 if self.clustered:  # the schedule and the node's set are in other slots
                     registered = self._cmd("SADD", self._node_peers_key(self.node_id), peer)
-                    res = await self._eval("ATTACH", [state, inbox, rooms, channel],
-                                           [self.node_id, resume or "", self.inbox_limit])
+                    res = await self._eval("ATTACH", [state, inbox, rooms, channel], args)
                     await registered
-                    with contextlib.suppress(RedisError, OSError):
-                        await self._cmd("ZREM", self.grace_key, peer)
+                    if res[0] != -1:
+                        with contextlib.suppress(RedisError, OSError):
+                            await self._cmd("ZREM", self.grace_key, peer)
                 else:  # one round trip: the script leaves the schedule and registers too
                     res = await self._eval("ATTACH", [state, inbox, rooms, channel, self.grace_key,
-                                                      self._node_peers_key(self.node_id)],
-                                           [self.node_id, resume or "", self.inbox_limit, peer])
+                                                      self._node_peers_key(self.node_id)], args)
+            if res[0] == -1:
+                raise AttachRefused(bool(res[1]))
+            self._check_serving()
         except BaseException:
             await self._forget(peer, local)
             raise
-        epoch, replaced, resumed, replay, members, delivered = res
+        epoch, replaced, resumed, replay, members, delivered, point = res
         local.epoch, local.last_seq = int(epoch), delivered.decode()
         local.rooms = frozenset(m.decode() for m in members) if members else frozenset()
-        if replay:
-            local.last_seq = replay[-1][0].decode()
         pending, local.pending = local.pending, []
         for env in pending:
-            self._handle(local, env)
+            self._handle(peer, local, env)
         return Attached(int(epoch), int(replaced) if int(replaced) >= 0 else None, bool(resumed),
-                        [(seq.decode(), fields[1]) for seq, fields in replay], local.rooms)
+                        [(seq.decode(), body) for seq, body in replay], local.rooms, point.decode())
 
     async def detach(self, peer: str, epoch: int, *, final: bool, delivered: str | None = None) -> None:
         local = next((x for x in self._local.get(peer, []) if x.epoch == epoch), None)
         if local is not None:
             await self._forget(peer, local)
         state, inbox, rooms, _ = self._peer_keys(peer)
-        deadline = _ms() + int(self.grace * 1000)
-        async with self._guard(strict=False):
-            # the grace is scheduled first (same batch, in order): a crash after it is harmless
-            scheduled = self._cmd("ZADD", self.grace_key, deadline, peer) if not final else None
-            res = await self._eval("DETACH", [state, inbox, rooms],
-                                   [epoch, int(final), delivered or "", deadline, self._ttl_ms])
-            if scheduled is not None:
-                await scheduled
-            if peer not in self._local:
-                await self._cmd("SREM", self._node_peers_key(self.node_id), peer)
+        args = [epoch, int(final), delivered or "", self._grace_ms, self._ttl_ms, peer]
+        try:
+            res = await self._detach(peer, state, inbox, rooms, args)
+        except BusUnavailable:
+            self._detach_failed = True  # its peer stays connected here in Redis until reconciled
+            raise
         if res[0] == 2:
             await self._leave_all(peer, [m.decode() for m in res[1]])
+
+    async def _detach(self, peer: str, state: str, inbox: str, rooms: str, args: list[Any]) -> Any:
+        async with self._guard(strict=False):
+            if self.clustered:
+                res = await self._eval("DETACH", [state, inbox, rooms], args)
+                if res[0] == 1:  # the schedule is in another slot (the keys' TTL backs it up)
+                    await self._cmd("ZADD", self.grace_key, res[1], peer)
+            else:
+                res = await self._eval("DETACH", [state, inbox, rooms, self.grace_key], args)
+            if peer not in self._local:
+                await self._cmd("SREM", self._node_peers_key(self.node_id), peer)
+        return res
+
+    async def forget(self, peer: str, epoch: int) -> None:
+        local = next((x for x in self._local.get(peer, []) if x.epoch == epoch), None)
+        if local is not None:
+            await self._forget(peer, local)
 
     async def _forget(self, peer: str, local: _Local) -> None:
         locals_ = self._local.get(peer, [])
@@ -325,97 +479,141 @@ class RedisBus(Bus):
             await self._unsubscribe(self._peer_keys(peer)[3].encode())
 
     # -- messages --------------------------------------------------------------------
-    async def send(self, to: str, body: bytes) -> Result:
-        # the hot path: on one Redis the command is packed from cached pieces and goes
-        # straight into the batcher (a pub/sub blip here does not stop sending)
-        try:
-            batcher = self._batcher
-            if batcher is None:  # Redis Cluster (or not started: the guard says so)
-                async with self._guard(strict=False):
-                    state, inbox, _, channel = self._peer_keys(to)
-                    res = await self._eval("SEND", [state, inbox, channel],
-                                           [body, self.inbox_limit, _ms(), self._ttl_ms])
-            else:
-                try:
-                    res = await batcher.call_packed(self._packed_send(to, body))
-                except (RedisError, OSError) as exc:
+    async def send(self, to: str, body: bytes, *, origin: tuple[str, int] | None = None) -> Result:
+        self._check_serving()
+        key = b"%s:%d" % (self._boot.encode(), next(self._send_ids))
+        batcher = self._batcher
+        if batcher is not None:  # the hot path: packed from cached pieces straight into the batcher
+            res = await self._until_known(lambda retry: batcher.call_packed(
+                self._packed_send(to, body, origin, key, retry)))
+        else:
+            if origin is not None:
+                await self._owns(origin)
+            state, inbox, _, channel = self._peer_keys(to)
+            res = await self._until_known(lambda retry: self._eval(
+                "SEND", [state, inbox, channel], [body, self.inbox_limit, self._ttl_ms, key, "", int(retry)]))
+        kind = res[0]
+        if kind == 4:
+            return Result(Outcome.REPLACED)
+        if kind == 3:
+            raise BusUnavailable("this connection is not registered in Redis right now")
+        if kind == 0 and (self._settling() or not self._subscribed):
+            raise BusUnavailable("Redis may have been reset; nodes are registering their peers again")
+        return Result((Outcome.NO_PEER, Outcome.DELIVERED, Outcome.QUEUED)[kind])
+
+    async def _until_known(self, attempt: Any) -> Any:
+        """Run `attempt(retry)` until its outcome is known. A first try that certainly did not
+        run raises BusUnavailable; one whose reply was lost is tried again with `retry`
+        (the script then finds the first try if it ran) for as long as the lease lasts."""
+        retry = False
+        while True:
+            try:
+                res = await attempt(retry)
+            except RedisError as exc:
+                if not retry and not _outcome_unknown(exc):
                     self._healthy = False
                     raise BusUnavailable(str(exc)) from exc
-                self._healthy = True
-        except BusUnavailable:
-            if self._deliver_here(to, body):
-                return Result(Outcome.DELIVERED)
-            raise
-        if res[0] == 0 and (self._settling() or not self._subscribed):
-            raise BusUnavailable("Redis may have been reset; nodes are registering their peers again")
-        return Result((Outcome.NO_PEER, Outcome.DELIVERED, Outcome.QUEUED)[res[0]])
+                retry = True
+                log.info("a send's outcome is unknown (%s); trying again", exc)
+                await asyncio.sleep(RETRY_PAUSE)
+                self._check_serving()
+                continue
+            self._healthy = True
+            return res
+
+    async def _owns(self, origin: tuple[str, int]) -> None:
+        """Redis Cluster: the sender's fence, checked on its own shard before sending."""
+        owns = await self._until_known(lambda retry: self._eval("OWNS", [self._peer_keys(origin[0])[0]],
+                                                                [origin[1]]))
+        if owns == 4:
+            raise BusUnavailable("a newer connection owns this peer id")
+        if owns == 3:
+            raise BusUnavailable("this connection is not registered in Redis right now")
 
     def _prepare_send(self) -> None:
-        # EVALSHA sha 3 state inbox channel body limit now ttl: head, limit and ttl are constant
-        self._send_head = b"*10\r\n" + redis_wire.bulk(("EVALSHA", self._sha["SEND"], 3))
-        self._send_limit = redis_wire.bulk((self.inbox_limit,))
-        self._send_ttl = redis_wire.bulk((self._ttl_ms,))
+        # EVALSHA sha 4 state inbox channel sender-state body limit ttl key epoch retry
+        # (3 keys and no epoch without a sender): head, limit and ttl are constant
+        self._send_head = redis_wire.bulk(("EVALSHA", self._sha["SEND"]))
+        self._send_tail = redis_wire.bulk((self.inbox_limit, self._ttl_ms))
 
-    def _packed_send(self, to: str, body: bytes) -> bytes:
-        """EVALSHA SEND for `to` in RESP; the constant head and the peer's keys are cached."""
+    def _packed_send(self, to: str, body: bytes, origin: tuple[str, int] | None, key: bytes, retry: bool) -> bytes:
+        """EVALSHA SEND for `to` in RESP; the constant head and the peers' keys are cached."""
         keys = self._send_keys.get(to)
         if keys is None:
             if len(self._send_keys) >= 65536:
                 self._send_keys.clear()
             state, inbox, _, channel = self._peer_keys(to)
             keys = self._send_keys[to] = redis_wire.bulk((state, inbox, channel))
-        now = b"%d" % _ms()  # body and now formatted here, not by bulk(): this runs per message
-        return b"".join((self._send_head, keys, b"$%d\r\n" % len(body), body, b"\r\n", self._send_limit,
-                         b"$%d\r\n" % len(now), now, b"\r\n", self._send_ttl))
+        flag = b"$1\r\n1\r\n" if retry else b"$1\r\n0\r\n"
+        if origin is None:
+            return b"".join((b"*12\r\n", self._send_head, b"$1\r\n3\r\n", keys, b"$%d\r\n" % len(body), body, b"\r\n",
+                             self._send_tail, b"$%d\r\n" % len(key), key, b"\r\n$0\r\n\r\n", flag))
+        sender, epoch = origin
+        fence = self._sender_keys.get(sender)
+        if fence is None:
+            if len(self._sender_keys) >= 65536:
+                self._sender_keys.clear()
+            fence = self._sender_keys[sender] = redis_wire.bulk((self._peer_keys(sender)[0],))
+        e = b"%d" % epoch
+        return b"".join((b"*13\r\n", self._send_head, b"$1\r\n4\r\n", keys, fence, b"$%d\r\n" % len(body), body,
+                         b"\r\n", self._send_tail, b"$%d\r\n" % len(key), key, b"\r\n$%d\r\n" % len(e), e, b"\r\n",
+                         flag))
 
     def _settling(self) -> bool:
         """True for a while after Redis came back empty: until every live node has had
         a heartbeat to register its peers again, `no such peer` cannot be trusted."""
         return time.monotonic() < self._settle_until
 
-    def _deliver_here(self, peer: str, body: bytes) -> bool:
-        """Without Redis, peers on the same node still reach each other: hand the message
-        straight to the connection, numbered after its last seq. (It is not in the inbox:
-        a resume cannot replay it; re-registration makes Redis's seqs follow it.)"""
-        live = [x for x in self._local.get(peer, ()) if x.epoch is not None]
-        if not live:
-            return False
-        local = live[-1]
-        seq = format_seq(next_seq(parse_seq(local.last_seq) or ZERO, time.time()))
-        self._handle(local, envelope.Envelope("d", local.epoch, seq, body))  # type: ignore[arg-type]
-        return True
-
-    async def broadcast(self, sender: str, room: str, body: bytes) -> Result:
+    async def broadcast(self, sender: str, room: str, body: bytes, *, epoch: int | None = None) -> Result:
+        self._check_serving()
         async with self._guard():
             members = await self._eval("MEMBERS_IF_IN", [self._room_key(room)], [sender])
         if members is None:
             return Result(Outcome.NOT_IN_ROOM)
-        queued = await self._fan_out(room, sender, [m.decode() for m in members], body)
-        return Result(Outcome.QUEUED if queued else Outcome.DELIVERED)
+        origin = (sender, epoch) if epoch is not None else None
+        results = await self._fan_out(room, sender, [m.decode() for m in members], body, origin=origin)
+        kinds = {res[0] for res in results}
+        if 4 in kinds:
+            return Result(Outcome.REPLACED)
+        if 3 in kinds:
+            raise BusUnavailable("this connection is not registered in Redis right now")
+        return Result(Outcome.QUEUED if 2 in kinds else Outcome.DELIVERED)
 
-    async def _fan_out(self, room: str, sender: str, members: list[str], body: bytes, *, repair: bool = True) -> bool:
-        """`body` to every member but `sender`, in one pipelined round trip; True if any was queued."""
+    async def _fan_out(self, room: str, sender: str, members: list[str], body: bytes, *, repair: bool = True,
+                       origin: tuple[str, int] | None = None) -> list[Any]:
+        """`body` to every member but `sender`, in one pipelined round trip; the SEND answers."""
         targets = sorted(m for m in members if m != sender)
         if not targets:
-            return False
-        now = _ms()
-        calls = []
-        for member in targets:
-            state, inbox, _, channel = self._peer_keys(member)
-            calls.append(("SEND", [state, inbox, channel], [body, self.inbox_limit, now, self._ttl_ms]))
-        async with self._guard():
-            results = await self._run_scripts(calls)
+            return []
+        key = b"%s:%d" % (self._boot.encode(), next(self._send_ids))
+        if self._batcher is not None:
+            batcher = self._batcher
+
+            def attempt(retry: bool) -> list[Any]:
+                return [batcher.call_packed(self._packed_send(m, body, origin, key, retry)) for m in targets]
+        else:
+            if origin is not None:
+                await self._owns(origin)
+
+            def attempt(retry: bool) -> list[Any]:
+                return [self._eval("SEND", list(self._peer_keys(m)[:2]) + [self._peer_keys(m)[3]],
+                                   [body, self.inbox_limit, self._ttl_ms, key, "", int(retry)]) for m in targets]
+        results = await self._until_known(lambda retry: _all(attempt(retry)))
         ghosts = [m for m, res in zip(targets, results) if res[0] == 0]
         if ghosts and repair and not self._settling():  # left without their rooms being cleaned (a crash mid-way): repair now
             for ghost in ghosts:
                 await self._leave_room(ghost, room)
-        return any(res[0] == 2 for res in results)
+        return results
 
     # -- rooms -----------------------------------------------------------------------
-    async def join(self, peer: str, room: str, *, room_limit: int, rooms_per_peer: int) -> Result:
-        rooms_key = self._peer_keys(peer)[2]
+    async def join(self, peer: str, room: str, *, room_limit: int, rooms_per_peer: int,
+                   epoch: int | None = None) -> Result:
+        self._check_serving()
+        state, _, rooms_key, _ = self._peer_keys(peer)
         async with self._guard():
-            added = await self._eval("JOIN_PEER", [rooms_key], [room, rooms_per_peer])
+            added = await self._eval("JOIN_PEER", [rooms_key, state], [room, rooms_per_peer, _fence(epoch)])
+            if added == -1:
+                raise BusUnavailable("this connection does not own its peer id in Redis right now")
             if added == 0:
                 return Result(Outcome.TOO_MANY_ROOMS)
             res = await self._eval("JOIN_ROOM", [self._room_key(room)], [peer, room_limit])
@@ -430,7 +628,13 @@ class RedisBus(Bus):
             await self._fan_out(room, peer, others, room_event("peer-joined", room, peer))
         return Result(Outcome.OK, peers=others)
 
-    async def leave(self, peer: str, room: str) -> Result:
+    async def leave(self, peer: str, room: str, *, epoch: int | None = None) -> Result:
+        self._check_serving()
+        if epoch is not None:
+            state, _, rooms_key, _ = self._peer_keys(peer)
+            async with self._guard():
+                if await self._eval("LEAVE_PEER", [rooms_key, state], [room, epoch]) == -1:
+                    raise BusUnavailable("this connection does not own its peer id in Redis right now")
         for local in self._local.get(peer, ()):
             local.rooms = local.rooms - {room}
         if not await self._leave_room(peer, room):
@@ -472,7 +676,7 @@ class RedisBus(Bus):
             log.warning("dropping a bad envelope on %r: %s", channel, exc)
             return
         for local in list(self._local.get(peer, ())):
-            self._handle(local, env)
+            self._handle(peer, local, env)
 
     async def _on_reconnect(self, sub: Subscriber) -> None:
         if self.metrics is not None:
@@ -498,118 +702,128 @@ class RedisBus(Bus):
             return []
         return list(await asyncio.gather(*(self._eval(n, k, a) for n, k, a in calls)))
 
-    async def _orphan(self, node: str, peers: list[str], deadline: int) -> list[str]:
-        """Peers `node` held and can no longer serve: reconnecting from now, grace until `deadline`."""
-        hits = await self._run_scripts([("ORPHAN", list(self._peer_keys(p)[:3]), [node, deadline, self._ttl_ms])
-                                        for p in peers])
-        return [p for p, hit in zip(peers, hits) if hit]
-
-    def _handle(self, local: _Local, env: envelope.Envelope) -> None:
+    def _handle(self, peer: str, local: _Local, env: envelope.Envelope) -> None:
         if local.epoch is None:
             local.pending.append(env)
         elif env.epoch != local.epoch:
             return  # for another connection of the same peer
         elif env.kind == "d":
+            if time.monotonic() >= self._lease_until:  # not ours to hand over: it waits in the inbox
+                if self._lease_until:
+                    self._lose_lease("it ran out before it could be renewed (paused, or cut off from Redis)")
+                return
             local.last_seq = env.seq
             if self.metrics is not None and env.sent_ms:
                 self.metrics.publish_latency.observe(max(0.0, time.time() - env.sent_ms / 1000))
             local.mailbox.deliver(env.seq, env.body)
         else:
             local.mailbox.replaced()
+            asyncio.ensure_future(self._forget(peer, local))  # it gets nothing more, whatever its node does next
 
     async def _recover(self) -> None:
-        """After Redis comes back: make it agree with what this node holds, then fill gaps."""
-        assert self._redis is not None
-        if await self._redis.zscore(self.nodes_key, self.node_id) is None:
-            # Redis lost this node (reset, failover, or swept during a partition); the other
-            # nodes are restoring theirs too: give them a heartbeat before trusting "no such peer"
-            self._settle_until = time.monotonic() + self.node_ttl
+        """After Redis comes back (or came back empty): make it agree with what this node
+        holds, then hand each connection what reached its inbox meanwhile, all before any
+        newer delivery (the subscribers hold those back until this returns)."""
+        self._recovering = True  # until a round succeeds: the heartbeat tries again
+        async with self._recovery:
+            with self._holding():
+                await self._recover_held()
+
+    async def _recover_held(self) -> None:
+        if not self._lease_until:
+            self._recovering = False
+            return  # this node holds no lease: its connections are closed already
+        self._check_serving()
+        await self._renew_lease()
         await self._register_again()
         await self._reconcile()
-        await self._redis.zadd(self.nodes_key, {self.node_id: _ms()})
         self._healthy = True
-        await self._repair_gaps()
+        self._recovering = False
+
+    @contextlib.contextmanager
+    def _holding(self) -> Iterator[None]:
+        subs = list(self._subscribers.values())
+        for sub in subs:
+            sub.hold()
+        try:
+            yield
+        finally:
+            for sub in subs:
+                sub.release()
 
     async def _register_again(self) -> None:
-        """Register every live connection, its rooms and this node again. Idempotent, so it
-        runs after every reconnect: Redis may have restarted empty, failed over to a lagging
-        replica, or swept this node during a partition. No peer-joined/peer-left churn."""
-        r = self._redis
-        assert r is not None
-        restored = 0
+        """Register every live connection, its rooms and this node again, pipelined; hand
+        each what its inbox got after the last seq it was given. Idempotent, so it runs
+        after every reconnect: Redis may have restarted empty, failed over to a lagging
+        replica, or dropped a pub/sub connection. No peer-joined/peer-left churn."""
+        live: list[tuple[str, _Local]] = []
         for peer, locals_ in list(self._local.items()):
-            live = [x for x in locals_ if x.epoch is not None]
-            if not live:
+            owned = [x for x in locals_ if x.epoch is not None]
+            if owned:
+                live.append((peer, owned[-1]))
+        if not live:
+            return
+        calls = [("REGISTER", list(self._peer_keys(peer)[:3]), [local.epoch, self.node_id, local.last_seq,
+                                                                 self.inbox_limit])
+                 for peer, local in live]
+        results = await self._run_scripts(calls)
+        self._check_serving()  # a long round: the lease may have run out meanwhile
+        restored, refused, gaps = 0, 0, 0
+        follow_up: list[Any] = []
+        for (peer, local), res in zip(live, results):
+            kind = res[0]
+            if kind == 0:  # a newer connection took the peer, or it was taken for gone: resume
+                refused += 1
+                local.mailbox.lost()
                 continue
-            local = live[-1]
+            if kind == 3:
+                gaps += 1
+                local.mailbox.lost()
+                continue
+            if kind == 1:
+                for seq, body in res[1]:
+                    self._handle(peer, local, envelope.Envelope("d", local.epoch, seq.decode(), body))  # type: ignore[arg-type]
+            restored += kind == 2
             state, inbox, rooms, _ = self._peer_keys(peer)
-            res = await self._eval("REGISTER", [state, inbox, rooms], [local.epoch, self.node_id, local.last_seq])
-            if res == 0:
-                local.mailbox.replaced()  # a newer connection took the peer meanwhile
-                continue
-            restored += res == 2
-            await r.sadd(self._node_peers_key(self.node_id), peer)
-            await r.zrem(self.grace_key, peer)
+            follow_up.append(self._cmd("SADD", self._node_peers_key(self.node_id), peer))
+            follow_up.append(self._cmd("ZREM", self.grace_key, peer))
             if local.rooms:
-                await r.sadd(rooms, *local.rooms)
-                for room in local.rooms:
-                    await r.sadd(self._room_key(room), peer)
+                follow_up.append(self._cmd("SADD", rooms, *local.rooms))
+                follow_up += [self._cmd("SADD", self._room_key(room), peer) for room in local.rooms]
+        await asyncio.gather(*follow_up)
         if restored:
             self._settle_until = time.monotonic() + self.node_ttl
             log.warning("Redis had lost %d live peers of this node: registered them again", restored)
+        if refused or gaps:
+            log.warning("%d connections no longer own their peer and %d missed messages the inbox bound pushed "
+                        "out: closed so they resume", refused, gaps)
 
     async def _reconcile(self) -> None:
         """Peers Redis still places on this node that ended while it was unreachable
         (their detach failed): they start their grace now."""
-        r = self._redis
-        assert r is not None
-        held = [p.decode() for p in await r.smembers(self._node_peers_key(self.node_id))]
+        held = [p.decode() for p in await self._cmd("SMEMBERS", self._node_peers_key(self.node_id))]
         gone = [p for p in held if p not in self._local]
         if not gone:
             return
-        deadline = _ms() + int(self.grace * 1000)
-        orphaned = await self._orphan(self.node_id, gone, deadline)
-        if orphaned:
-            await r.zadd(self.grace_key, {p: deadline for p in orphaned})
-        await r.srem(self._node_peers_key(self.node_id), *gone)
+        await self._orphan(self.node_id, gone, None)
+        await self._cmd("SREM", self._node_peers_key(self.node_id), *gone)
 
-    async def _repair_gaps(self) -> None:
-        """After a reconnect: hand each live connection what reached its inbox meanwhile.
-        A connection whose gap the inbox bound has cut into is told it `lost()` messages."""
-        assert self._redis is not None
-        for peer, locals_ in list(self._local.items()):
-            for local in locals_:
-                if local.epoch is None:
-                    continue
-                state, inbox, _, _ = self._peer_keys(peer)
-                marked = await self._redis.hget(state, "trimmed")
-                trimmed = parse_seq(marked.decode()) if marked else None
-                if await self._redis.xlen(inbox) > self.inbox_limit:  # full: see redis_scripts
-                    oldest = parse_seq((await self._redis.xrange(inbox, "-", "+", count=1))[0][0].decode())
-                    trimmed = max(trimmed or ZERO, oldest or ZERO)
-                if trimmed is not None and trimmed > (parse_seq(local.last_seq) or ZERO):
-                    local.mailbox.lost()
-                    continue
-                for seq, fields in await self._redis.xrange(inbox, f"({local.last_seq}", "+"):
-                    self._handle(local, envelope.Envelope("d", local.epoch, seq.decode(), fields[b"b"]))
+    async def _orphan(self, node: str, peers: list[str], lease_end_ms: int | None) -> list[str]:
+        """Peers `node` held and can no longer serve, attached before its lease ended
+        (None: any): reconnecting from now. Returns those that are not `node`'s any more."""
+        bound = "" if lease_end_ms is None else lease_end_ms * 1000
+        calls = []
+        for peer in peers:
+            keys = list(self._peer_keys(peer)[:3]) + ([] if self.clustered else [self.grace_key])
+            calls.append(("ORPHAN", keys, [node, self._grace_ms, self._ttl_ms, peer, bound]))
+        results = await self._run_scripts(calls)
+        if self.clustered:
+            due = {p: int(d) for p, d in zip(peers, results) if int(d) > 0}
+            if due:
+                await self._cmd("ZADD", self.grace_key, *itertools.chain.from_iterable((d, p) for p, d in due.items()))
+        return [p for p, d in zip(peers, results) if int(d) >= 0]
 
     # -- liveness ----------------------------------------------------------------------
-    async def _heartbeat_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.node_ttl / 3)
-            try:
-                assert self._redis is not None
-                if await self._redis.zscore(self.nodes_key, self.node_id) is None:
-                    # Redis lost this node without a disconnect (reset behind a proxy, or the
-                    # others took it for dead): register everything again and fill the gaps
-                    await self._recover()
-                await self._redis.zadd(self.nodes_key, {self.node_id: _ms()})
-                self._healthy = True
-            except (RedisError, OSError) as exc:
-                if self._healthy:
-                    log.warning("bus heartbeat failed: %s", exc)
-                self._healthy = False
-
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(min(0.5, self.grace / 4))
@@ -621,32 +835,46 @@ class RedisBus(Bus):
                 log.exception("bus sweep failed")
 
     async def _sweep(self) -> None:
-        """Every node runs this; each step is idempotent, so they need no lock.
+        """Every node runs this; each step is idempotent and decided by Redis's clock, so
+        they need no lock and no two node clocks are ever compared.
 
-        1. Nodes whose heartbeat is older than `node_ttl`: their connected peers become
-           reconnecting, with a grace from now.
+        1. Nodes whose lease has run out: their connected peers become reconnecting, with
+           a grace from now.
         2. Peers whose grace has run out leave their rooms (`peer-left`) and are dropped.
         """
-        r = self._redis
-        assert r is not None
-        now = _ms()
-        dead = await r.zrangebyscore(self.nodes_key, "-inf", now - int(self.node_ttl * 1000))
-        for node in (n.decode() for n in dead):
+        dead = await self._eval("DEAD_NODES", [self.nodes_key], [])
+        for i in range(0, len(dead), 2):
+            node, lease_end = dead[i].decode(), int(float(dead[i + 1]))
             if node == self.node_id:
                 continue
-            peers = [p.decode() for p in await r.smembers(self._node_peers_key(node))]
-            deadline = now + int(self.grace * 1000)
+            peers = [p.decode() for p in await self._cmd("SMEMBERS", self._node_peers_key(node))]
             if peers:
-                orphaned = await self._orphan(node, peers, deadline)
-                if orphaned:
-                    await r.zadd(self.grace_key, {p: deadline for p in orphaned})
-                log.warning("node %s stopped answering: %d of its peers are reconnecting", node, len(orphaned))
-            await r.delete(self._node_peers_key(node))
-            await r.zrem(self.nodes_key, node)
-        for peer in (p.decode() for p in await r.zrangebyscore(self.grace_key, "-inf", now, start=0, num=200)):
-            gone = await self._eval("EXPIRE", list(self._peer_keys(peer)[:3]), [now])
-            await self._eval("UNSCHEDULE", [self.grace_key], [peer, now])
+                gone = await self._orphan(node, peers, lease_end)
+                if gone:
+                    await self._cmd("SREM", self._node_peers_key(node), *gone)
+                log.warning("node %s stopped renewing its lease: %d of its peers are reconnecting", node, len(gone))
+            await self._eval("FORGET_NODE", [self.nodes_key], [node])
+        for peer in (p.decode() for p in await self._eval("DUE", [self.grace_key], [200])):
+            gone = await self._eval("EXPIRE", list(self._peer_keys(peer)[:3]), [])
+            if gone and gone[0] == 0:  # scheduled early: keep it for its real deadline
+                await self._cmd("ZADD", self.grace_key, gone[1], peer)
+                continue
+            await self._eval("UNSCHEDULE", [self.grace_key], [peer])
             if gone:
-                rooms, undelivered = gone
+                _, rooms, undelivered = gone
                 self._expired += int(undelivered)
                 await self._leave_all(peer, [m.decode() for m in rooms])
+
+
+def _fence(epoch: int | None) -> str:
+    return "" if epoch is None else str(epoch)
+
+
+async def _all(calls: list[Any]) -> list[Any]:
+    """Await every call; if any failed, raise the failure that says least is known (a
+    lost reply over a refusal), every other failure retrieved."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        raise next((f for f in failures if _outcome_unknown(f)), failures[0])
+    return results

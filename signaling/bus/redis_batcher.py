@@ -23,7 +23,12 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from .redis_wire import auth_command, open_connection, options, pack
 
-__all__ = ["Batcher", "pack"]
+__all__ = ["Batcher", "CommandNotSent", "pack"]
+
+
+class CommandNotSent(RedisConnectionError):
+    """The command never reached Redis (no connection): it certainly did not run. Any
+    other connection error leaves a command's outcome unknown: it may have run."""
 
 
 class _Protocol(asyncio.Protocol):
@@ -83,7 +88,7 @@ class Batcher:
         self._loop = None
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
-        self._fail(self._waits, RedisConnectionError("the bus is closing"))
+        self._fail(self._waits, CommandNotSent("the bus is closing"))
         self._out, self._waits = [], []
 
     def call(self, *args: Any) -> asyncio.Future[Any]:
@@ -162,6 +167,7 @@ class Batcher:
 
     async def _connect(self) -> None:
         o = self._options
+        protocol: _Protocol | None = None
         try:
             async with asyncio.timeout(self._timeout):
                 protocol = await open_connection(o, lambda: _Protocol(self))
@@ -177,7 +183,9 @@ class Batcher:
                 await asyncio.gather(*head)
         except (OSError, asyncio.TimeoutError, ResponseError, RedisConnectionError) as exc:
             self._protocol = None
-            self._fail(self._waits, RedisConnectionError(f"cannot connect to Redis: {exc!r}"))
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.abort()  # half set up (AUTH refused, LOADING, a timeout): never reused
+            self._fail(self._waits, CommandNotSent(f"cannot connect to Redis: {exc!r}"))
             self._out, self._waits = [], []
             return  # the callers got the error; the next call tries again
         finally:

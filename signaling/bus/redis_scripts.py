@@ -1,22 +1,40 @@
 """Lua scripts of the Redis bus. Each touches the keys of ONE peer or ONE room only
-(one hash slot, so they run unchanged on Redis Cluster) and is atomic there.
+(one hash slot, so they run unchanged on Redis Cluster) and is atomic there; on one
+Redis some take the cluster-wide keys too (the grace schedule, a node's peer set, the
+sender's state), always as optional trailing KEYS.
 
 Per peer, all under the hash tag `{p:<id>}`:
-  state   hash   epoch, node, connected (1/0), deadline (ms), delivered (seq),
-                 trimmed (set when the inbox was lost: a resume from before it has a gap)
-  inbox   stream the peer's deliveries; its ids are the seqs. Capped at the inbox limit
-                 PLUS ONE: once full, its oldest entry is not served, it marks the newest
-                 seq the bound pushed out (a resume from before it has a gap). So sending
-                 only appends (XADD MAXLEN), with no count or marker to keep up to date.
+  state   hash   epoch (the owning connection: its fence), started (when that
+                 connection's handshake began), node, connected (1/0), deadline (ms),
+                 delivered (seq), trimmed (set when the inbox was lost: a resume from
+                 before it has a gap)
+  inbox   stream the peer's deliveries; its ids are the seqs, each entry `b` (body) and
+                 `k` (the sending node's key for that send, so a retry finds it).
+                 Capped at the inbox limit PLUS ONE: once full, its oldest entry is not
+                 served, it marks the newest seq the bound pushed out (a resume from
+                 before it has a gap). So sending only appends (XADD MAXLEN).
   rooms   set    the rooms the peer is in
 and its pub/sub channel, `<prefix>:{p:<id>}`. Per room, `{r:<name>}`: members (set).
 
-While a peer is connected its keys have no TTL; once it is reconnecting they expire
-shortly after its grace, a backstop for the sweeper that normally removes them.
+Time is Redis's (`TIME`), never a node's: every deadline is written and compared by
+the server that holds it, so node clocks may be any distance apart. Epochs are
+microseconds of that clock (one more than the last epoch if the clock has not moved
+past it), so they keep increasing when Redis restarts empty: a connection from before
+the loss can never carry the epoch of one made after it.
+
+Every script does all of its reads and checks before its first write.
 """
 
-# Shared Lua: compare two stream ids ("ms-n").
-_CMP = """
+_COMMON = """
+local function time_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function time_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function fmt(x) return string.format('%.0f', x) end
 local function parse(id)
   local ms, n = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(n)
@@ -28,36 +46,53 @@ local function cmp(a, b)
   if an ~= bn then return an < bn and -1 or 1 end
   return 0
 end
+-- the inbox as a resume sees it: {last id, oldest servable bound (or nil), trimmed}
+local function window(inbox, limit, trimmed)
+  local last, first = '0-0', nil
+  if redis.call('EXISTS', inbox) == 1 then
+    local info = redis.call('XINFO', 'STREAM', inbox)
+    local length, oldest = 0, nil
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then last = info[i + 1]
+      elseif info[i] == 'length' then length = info[i + 1]
+      elseif info[i] == 'first-entry' and info[i + 1] then oldest = info[i + 1][1] end
+    end
+    if oldest and length > tonumber(limit) then  -- full: the oldest marks what was pushed out
+      first = oldest
+      if cmp(trimmed, first) < 0 then trimmed = first end
+    end
+  end
+  return last, first, trimmed
+end
+local function bodies(entries)  -- XRANGE entries -> {{id, body}...}
+  local out = {}
+  for i, e in ipairs(entries) do
+    local f, body = e[2], ''
+    for j = 1, #f, 2 do if f[j] == 'b' then body = f[j + 1] end end
+    out[i] = {e[1], body}
+  end
+  return out
+end
 """
 
 # KEYS: state, inbox, rooms, channel [, grace schedule, this node's peers]
-# ARGV: node, resume ('' = none), inbox limit [, peer]
-# -> {epoch, replaced epoch or -1, resumed 0/1, replay {{id, {'b', body}}...}, rooms, delivered}
-# On one Redis the two global keys come along (last, so only a successful attach touches
-# them): the peer leaves the grace schedule and joins this node's peers in the same call.
-# On a Cluster they live in other slots, and the bus sends ZREM and SADD on their own.
-ATTACH = _CMP + """
+# ARGV: node, resume ('' = none), inbox limit, peer, handshake start (us, Redis time), latest start (us)
+# -> {-1, why}: refused (why 0: too late, the client has given up; 1: a newer handshake owns the peer)
+#  | {epoch, replaced epoch or -1, resumed 0/1, replay {{id, body}...}, rooms, delivered, resume point}
+# A handshake that began before the one that owns the peer, or that reaches Redis after its
+# latest start, is refused: a client's abandoned handshake can never take over its newer one.
+ATTACH = _COMMON + """
 local state, inbox, rooms, channel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local node, resume = ARGV[1], ARGV[2]
-local prev = redis.call('HMGET', state, 'epoch', 'connected', 'delivered', 'trimmed')
+local node, resume, limit = ARGV[1], ARGV[2], ARGV[3]
+local started = tonumber(ARGV[5])
+local now = time_us()
+if now > tonumber(ARGV[6]) then return {-1, 0} end
+local prev = redis.call('HMGET', state, 'epoch', 'connected', 'delivered', 'trimmed', 'started')
+if prev[5] and tonumber(prev[5]) > started then return {-1, 1} end
 local existed = prev[1] ~= false
-local epoch = redis.call('HINCRBY', state, 'epoch', 1)
 local replaced = -1
-if existed and prev[2] == '1' then replaced = tonumber(prev[1]) end
-local last, trimmed, first = '0-0', prev[4] or '0-0', nil
-if redis.call('EXISTS', inbox) == 1 then
-  local info = redis.call('XINFO', 'STREAM', inbox)
-  local length, oldest = 0, nil
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then last = info[i + 1]
-    elseif info[i] == 'length' then length = info[i + 1]
-    elseif info[i] == 'first-entry' and info[i + 1] then oldest = info[i + 1][1] end
-  end
-  if oldest and length > tonumber(ARGV[3]) then  -- full: the oldest marks what was pushed out
-    first = oldest
-    if cmp(trimmed, first) < 0 then trimmed = first end
-  end
-end
+if existed and prev[2] == '1' then replaced = prev[1] end
+local last, first, trimmed = window(inbox, limit, prev[4] or '0-0')
 local resumed, start = 0, last
 if existed then
   if resume ~= '' then
@@ -69,25 +104,30 @@ if existed then
 end
 if first and cmp(start, first) < 0 then start = first end  -- never serve the marker
 local replay = redis.call('XRANGE', inbox, '(' .. start, '+')
+-- checks and reads done: from here on, writes
+local epoch = now
+if existed and tonumber(prev[1]) >= epoch then epoch = tonumber(prev[1]) + 1 end
+epoch = fmt(epoch)
 local delivered = last
 if #replay > 0 then delivered = replay[#replay][1] end
-redis.call('HSET', state, 'node', node, 'connected', 1, 'deadline', 0, 'delivered', delivered)
+redis.call('HSET', state, 'epoch', epoch, 'started', ARGV[5], 'node', node, 'connected', 1, 'deadline', 0,
+           'delivered', delivered)
 redis.call('PERSIST', state)
 redis.call('PERSIST', inbox)
 redis.call('PERSIST', rooms)
-if replaced >= 0 then
-  redis.call('PUBLISH', channel, cmsgpack.pack({v = 1, k = 'r', e = replaced}))
+if replaced ~= -1 then
+  redis.call('PUBLISH', channel, cmsgpack.pack({v = 1, k = 'r', e = tonumber(replaced)}))
 end
 if KEYS[6] then
   redis.call('ZREM', KEYS[5], ARGV[4])
   redis.call('SADD', KEYS[6], ARGV[4])
 end
-return {epoch, replaced, resumed, replay, redis.call('SMEMBERS', rooms), delivered}
+return {epoch, replaced, resumed, bodies(replay), redis.call('SMEMBERS', rooms), delivered, start}
 """
 
-# KEYS: state, inbox, rooms   ARGV: epoch, final 0/1, delivered ('' = unknown), deadline ms, ttl ms
-# -> {0} stale | {1} reconnecting | {2, rooms} gone
-DETACH = """
+# KEYS: state, inbox, rooms [, grace schedule]   ARGV: epoch, final 0/1, delivered ('' = unknown), grace ms,
+# ttl ms, peer  -> {0} stale | {1, deadline ms} reconnecting | {2, rooms} gone
+DETACH = _COMMON + """
 local state, inbox, rooms = KEYS[1], KEYS[2], KEYS[3]
 local st = redis.call('HMGET', state, 'epoch', 'connected')
 if st[1] ~= ARGV[1] or st[2] ~= '1' then return {0} end
@@ -96,60 +136,110 @@ if ARGV[2] == '1' then
   redis.call('DEL', state, inbox, rooms)
   return {2, r}
 end
-redis.call('HSET', state, 'connected', 0, 'deadline', ARGV[4])
+local deadline = time_ms() + tonumber(ARGV[4])
+redis.call('HSET', state, 'connected', 0, 'deadline', deadline)
 if ARGV[3] ~= '' then redis.call('HSET', state, 'delivered', ARGV[3]) end
 for _, key in ipairs({state, inbox, rooms}) do redis.call('PEXPIRE', key, ARGV[5]) end
-return {1}
+if KEYS[4] then redis.call('ZADD', KEYS[4], deadline, ARGV[6]) end
+return {1, deadline}
 """
 
-# A node died: its connected peers become reconnecting.
-# KEYS: state, inbox, rooms   ARGV: dead node, deadline ms, ttl ms  -> 1 if orphaned
-ORPHAN = """
+# A node's lease ran out: its connected peers become reconnecting.
+# KEYS: state, inbox, rooms [, grace schedule]
+# ARGV: dead node, grace ms, ttl ms, peer, end of that node's lease (us; '' = any connection)
+# -> the end of the peer's grace (ms) | 0 not that node's (any more) | -1 a connection made
+#    there after that lease (the node is back with a new one: not ours to orphan)
+ORPHAN = _COMMON + """
 local state, inbox, rooms = KEYS[1], KEYS[2], KEYS[3]
-local st = redis.call('HMGET', state, 'node', 'connected')
+local st = redis.call('HMGET', state, 'node', 'connected', 'epoch')
 if st[1] ~= ARGV[1] or st[2] ~= '1' then return 0 end
-redis.call('HSET', state, 'connected', 0, 'deadline', ARGV[2])
+if ARGV[5] ~= '' and tonumber(st[3]) >= tonumber(ARGV[5]) then return -1 end
+local deadline = time_ms() + tonumber(ARGV[2])
+redis.call('HSET', state, 'connected', 0, 'deadline', deadline)
 for _, key in ipairs({state, inbox, rooms}) do redis.call('PEXPIRE', key, ARGV[3]) end
-return 1
+if KEYS[4] then redis.call('ZADD', KEYS[4], deadline, ARGV[4]) end
+return deadline
 """
 
-# The grace ran out. KEYS: state, inbox, rooms   ARGV: now ms
-# -> false (still there, or gone already) | {rooms, undelivered count}
-EXPIRE = """
+# The grace ran out. KEYS: state, inbox, rooms
+# -> false (connected, or gone already) | {0, deadline ms} not yet | {1, rooms, undelivered count}
+EXPIRE = _COMMON + """
 local state, inbox, rooms = KEYS[1], KEYS[2], KEYS[3]
 local st = redis.call('HMGET', state, 'connected', 'deadline', 'delivered')
-if st[1] ~= '0' or tonumber(st[2]) > tonumber(ARGV[1]) then return false end
+if st[1] ~= '0' then return false end
+if tonumber(st[2]) > time_ms() then return {0, tonumber(st[2])} end
 local undelivered = #redis.call('XRANGE', inbox, '(' .. (st[3] or '0-0'), '+')
 local r = redis.call('SMEMBERS', rooms)
 redis.call('DEL', state, inbox, rooms)
-return {r, undelivered}
+return {1, r, undelivered}
 """
 
-# KEYS: state, inbox, channel   ARGV: body, inbox limit, now ms, ttl ms
+# KEYS: state, inbox, channel [, sender's state]
+# ARGV: body, inbox limit, ttl ms, send key, sender's epoch, retry 0/1
 # -> {0} no peer | {1, seq} delivered | {2, seq} queued
-SEND = """
+#  | {3} the sender's connection is not registered (Redis lost it, or it is reconnecting)
+#  | {4} a newer connection of the sender owns its id
+# A retry (the first try's reply was lost: it may have run) looks for its key first, so a
+# send runs at most once whatever happens to the replies.
+SEND = _COMMON + """
 local state, inbox, channel = KEYS[1], KEYS[2], KEYS[3]
+local limit = tonumber(ARGV[2])
 local st = redis.call('HMGET', state, 'epoch', 'connected', 'deadline')
+if ARGV[6] == '1' and st[1] then
+  for _, e in ipairs(redis.call('XREVRANGE', inbox, '+', '-', 'COUNT', limit + 1)) do
+    local f = e[2]
+    if f[4] == ARGV[4] then return {st[2] == '1' and 1 or 2, e[1]} end
+  end
+end
+if KEYS[4] then
+  local s = redis.call('HMGET', KEYS[4], 'epoch', 'connected')
+  if s[1] and s[1] ~= ARGV[5] then return {4} end
+  if s[2] ~= '1' then return {3} end
+end
 if not st[1] then return {0} end
 local live = st[2] == '1'
-if not live and tonumber(st[3]) <= tonumber(ARGV[3]) then return {0} end
-local id = redis.call('XADD', inbox, 'MAXLEN', tonumber(ARGV[2]) + 1, '*', 'b', ARGV[1])  -- see the top
+local now = time_ms()
+if not live and tonumber(st[3]) <= now then return {0} end
+local id = redis.call('XADD', inbox, 'MAXLEN', limit + 1, '*', 'b', ARGV[1], 'k', ARGV[4])  -- see the top
 if live then
   local heard = redis.call('PUBLISH', channel,
-    cmsgpack.pack({v = 1, k = 'd', e = tonumber(st[1]), s = id, b = ARGV[1], t = tonumber(ARGV[3])}))
+    cmsgpack.pack({v = 1, k = 'd', e = tonumber(st[1]), s = id, b = ARGV[1], t = now}))
   if heard > 0 then return {1, id} end
   return {2, id}  -- its node is not listening (it died): kept for the resume
 end
-if redis.call('PTTL', inbox) < 0 then redis.call('PEXPIRE', inbox, ARGV[4]) end
+if redis.call('PTTL', inbox) < 0 then redis.call('PEXPIRE', inbox, ARGV[3]) end
 return {2, id}
 """
 
-# KEYS: peer rooms   ARGV: room, rooms per peer  -> 0 too many | 1 added | 2 already there
+# The sender's fence alone (Redis Cluster, where its state is in another slot than the
+# recipient's). KEYS: sender's state  ARGV: epoch  -> 1 owns its id | 3 not registered | 4 replaced
+OWNS = """
+local s = redis.call('HMGET', KEYS[1], 'epoch', 'connected')
+if s[1] and s[1] ~= ARGV[1] then return 4 end
+if s[2] ~= '1' then return 3 end
+return 1
+"""
+
+# KEYS: peer rooms, peer state   ARGV: room, rooms per peer, epoch ('' = no fence)
+# -> -1 fenced (that connection does not own the peer) | 0 too many | 1 added | 2 already there
 JOIN_PEER = """
+if ARGV[3] ~= '' then
+  local s = redis.call('HMGET', KEYS[2], 'epoch', 'connected')
+  if s[1] ~= ARGV[3] or s[2] ~= '1' then return -1 end
+end
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 2 end
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('SADD', KEYS[1], ARGV[1])
 return 1
+"""
+
+# KEYS: peer rooms, peer state   ARGV: room, epoch ('' = no fence)  -> -1 fenced | 0 not in it | 1 left
+LEAVE_PEER = """
+if ARGV[2] ~= '' then
+  local s = redis.call('HMGET', KEYS[2], 'epoch', 'connected')
+  if s[1] ~= ARGV[2] or s[2] ~= '1' then return -1 end
+end
+return redis.call('SREM', KEYS[1], ARGV[1])
 """
 
 # KEYS: room members   ARGV: peer, room limit  -> {0} full | {1, others} added | {2, others} already there
@@ -173,32 +263,75 @@ if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return false end
 return redis.call('SMEMBERS', KEYS[1])
 """
 
-# KEYS: the grace zset   ARGV: peer, now ms -> removes the entry only if it is still due
+# KEYS: the grace zset   ARGV: peer  -> removes the entry only if it is still due
 # (a peer that reconnected and dropped again meanwhile has a later deadline to keep)
-UNSCHEDULE = """
+UNSCHEDULE = _COMMON + """
 local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if due and tonumber(due) <= tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
+if due and tonumber(due) <= time_ms() then redis.call('ZREM', KEYS[1], ARGV[1]) end
 return 0
 """
 
-# Redis lost this peer's state (restarted empty, or a failover to a lagging replica) or
-# marked it reconnecting while this node was cut off: the node that holds its live
-# connection registers it again. KEYS: state, inbox, rooms   ARGV: epoch, node, last seq
-# -> 0 a newer connection owns the peer | 1 repaired | 2 restored from nothing
-REGISTER = """
+# KEYS: the grace zset  ARGV: how many  -> peers whose grace is due by Redis's clock
+DUE = _COMMON + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', time_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
+"""
+
+# Node leases. KEYS: the nodes zset (node -> end of its lease, ms of Redis's clock)
+# ARGV: node, lease ms, mode ('join': take a new lease | 'renew': extend the one held)
+# -> {now ms, 1} held until now + lease | {now ms, 0} absent (Redis lost it) | {now ms, -1} it had run out
+LEASE = _COMMON + """
+local now = time_ms()
+if ARGV[3] == 'renew' then
+  local until_ = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if not until_ then return {now, 0} end
+  if tonumber(until_) < now then return {now, -1} end
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return {now, 1}
+"""
+
+# KEYS: the nodes zset   -> {node, end of its lease (ms)...} for leases run out by Redis's clock
+DEAD_NODES = _COMMON + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. time_ms(), 'WITHSCORES')
+"""
+
+# KEYS: the nodes zset   ARGV: node -> drops it only if its lease is still out (it may have
+# taken a new one since the sweeper read it)
+FORGET_NODE = _COMMON + """
+local until_ = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if until_ and tonumber(until_) < time_ms() then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+# This node holds a live connection of the peer and its lease never lapsed, but it lost
+# its pub/sub connection or Redis lost data (restart, failover to a lagging replica).
+# KEYS: state, inbox, rooms   ARGV: epoch, node, last seq handed to the connection, inbox limit
+# -> {0} the connection does not own the peer (any more): close it so the client resumes
+#  | {1, replay {{id, body}...}} it owns it: what reached the inbox after last seq, to hand
+#    over before anything newer | {3} it owns it but the bound cut into that gap
+#  | {2} restored from nothing (new seqs follow last seq; a resume from before it has a gap)
+REGISTER = _COMMON + """
 local state, inbox, rooms = KEYS[1], KEYS[2], KEYS[3]
-local st = redis.call('HMGET', state, 'epoch')
-if st[1] and tonumber(st[1]) > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', state, 'epoch', ARGV[1], 'node', ARGV[2], 'connected', 1, 'deadline', 0)
-for _, key in ipairs({state, inbox, rooms}) do redis.call('PERSIST', key) end
-if st[1] then return 1 end
--- what was in the inbox is gone: a resume from before this point cannot be served
-redis.call('HSET', state, 'delivered', ARGV[3], 'trimmed', ARGV[3])
+local st = redis.call('HMGET', state, 'epoch', 'connected', 'node', 'trimmed')
+if st[1] then
+  if st[1] ~= ARGV[1] or st[2] ~= '1' or st[3] ~= ARGV[2] then return {0} end
+  local last, first, trimmed = window(inbox, ARGV[4], st[4] or '0-0')
+  if cmp(trimmed, ARGV[3]) > 0 then return {3} end
+  local replay = redis.call('XRANGE', inbox, '(' .. ARGV[3], '+')
+  for _, key in ipairs({state, inbox, rooms}) do redis.call('PERSIST', key) end
+  return {1, bodies(replay)}
+end
+local ms, n = string.match(ARGV[3], '^(%d+)-(%d+)$')
+if not ms then return redis.error_reply('REGISTER: bad seq') end
+redis.call('HSET', state, 'epoch', ARGV[1], 'started', 0, 'node', ARGV[2], 'connected', 1, 'deadline', 0,
+           'delivered', ARGV[3], 'trimmed', ARGV[3])
 if redis.call('EXISTS', inbox) == 0 then
   -- new seqs must follow the ones this peer already has: start the stream after ARGV[3]
-  local ms, n = string.match(ARGV[3], '^(%d+)-(%d+)$')
-  local id = redis.call('XADD', inbox, ms .. '-' .. (tonumber(n) + 1), 'b', '')
+  local id = redis.call('XADD', inbox, ms .. '-' .. (tonumber(n) + 1), 'b', '', 'k', '')
   redis.call('XDEL', inbox, id)
 end
-return 2
+return {2}
 """
+
+NAMES = ("ATTACH", "DETACH", "ORPHAN", "EXPIRE", "SEND", "OWNS", "JOIN_PEER", "LEAVE_PEER", "JOIN_ROOM",
+         "LEAVE_ROOM", "MEMBERS_IF_IN", "UNSCHEDULE", "DUE", "LEASE", "DEAD_NODES", "FORGET_NODE", "REGISTER")

@@ -24,6 +24,7 @@ import random
 from typing import Any, Awaitable, Callable
 
 import hiredis
+from redis.exceptions import RedisError
 
 from .base import BusUnavailable
 from .redis_wire import auth_command, open_connection, pack
@@ -126,13 +127,16 @@ class Subscriber:
         self._sub, self._unsub = (b"ssubscribe", b"sunsubscribe") if sharded else (b"subscribe", b"unsubscribe")
         self._protocol: _Protocol | None = None
         self._waiters: dict[bytes, asyncio.Future[None]] = {}  # channel -> its confirmation
-        self._held: list[tuple[bytes, bytes]] | None = None  # messages that wait for the recovery
+        self._held: list[tuple[bytes, bytes]] = []  # messages that wait for a recovery (see hold)
+        self._holds = 0
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def start(self) -> None:
+    def start(self, *, recovering: bool = False) -> None:
+        """`recovering`: channels it takes over may have missed messages (a failover moved
+        them here), so its first connection recovers like a reconnect."""
         self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._run_forever(), name=f"bus-reader-{self.name}")
+        self._task = self._loop.create_task(self._run_forever(not recovering), name=f"bus-reader-{self.name}")
 
     async def close(self) -> None:
         if self._task is not None:
@@ -162,7 +166,7 @@ class Subscriber:
 
     # -- called by the protocol ------------------------------------------------------
     def message(self, channel: bytes, data: bytes) -> None:
-        if self._held is not None:
+        if self._holds:
             self._held.append((channel, data))
             return
         try:
@@ -209,25 +213,44 @@ class Subscriber:
         for channel in channels:  # one per command: sharded channels of one command share a slot
             protocol.command(self._sub, channel, expect=self._sub, key=channel)
         if not first:
-            self._held = []
+            self.hold()
+        done = asyncio.gather(*waiters)
         try:
             async with asyncio.timeout(REPLY_TIMEOUT):
-                done = asyncio.gather(*waiters)
                 await asyncio.wait([done, protocol.closed], return_when=asyncio.FIRST_COMPLETED)
                 if not done.done():
-                    done.cancel()
                     raise _Lost(protocol.closed.result())
                 await done
             if not first:
                 log.info("pub/sub to %s reconnected; %d channels subscribed again", self.name, len(channels))
                 await self.on_reconnect(self)
         except BaseException:
-            self._held = None
+            if not first:
+                self._held = []  # the next connection fills the gap from the inboxes again
+                self.release()
+            protocol.fail("connect failed")  # a half-made connection is never left subscribed
             raise
-        held, self._held = self._held, None
-        for channel, data in held or ():
-            self.message(channel, data)
+        finally:
+            if not done.done():
+                done.cancel()
+            elif not done.cancelled():
+                done.exception()  # retrieved: the failure was raised above, or there was none
+        if not first:
+            self.release()
         return protocol
+
+    def hold(self) -> None:
+        """Keep messages back (in order) until the matching `release()`: a recovery is
+        filling gaps from the inboxes, and nothing newer may overtake what it hands over."""
+        self._holds += 1
+
+    def release(self) -> None:
+        self._holds -= 1
+        if self._holds:
+            return
+        held, self._held = self._held, []
+        for channel, data in held:
+            self.message(channel, data)
 
     async def _watch(self, protocol: _Protocol) -> str:
         """Until the connection ends: PING it when it has been quiet, drop it when a PING
@@ -246,8 +269,8 @@ class Subscriber:
             elif not any(expect == b"ping" for expect, _ in protocol.pending):
                 protocol.command("PING", expect=b"ping")
 
-    async def _run_forever(self) -> None:
-        backoff, first = 0.05, True
+    async def _run_forever(self, first: bool) -> None:
+        backoff = 0.05
         while True:
             protocol = None
             try:
@@ -257,7 +280,7 @@ class Subscriber:
                 log.warning("pub/sub connection to %s lost: %s", self.name, why)
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncio.TimeoutError, _Lost) as exc:
+            except (OSError, asyncio.TimeoutError, _Lost, RedisError, BusUnavailable) as exc:
                 if backoff == 0.05:  # the first failure in a row
                     log.warning("pub/sub connection to %s failed: %r; retrying", self.name, exc)
             except Exception:

@@ -142,9 +142,9 @@ async def test_a_frame_being_handled_when_the_node_drains_still_gets_its_receipt
     from signaling.bus.memory import MemoryBus
 
     class SlowBus(MemoryBus):
-        async def send(self, to, body):
+        async def send(self, to, body, **kw):
             await asyncio.sleep(0.3)  # the drain starts while this message is in flight
-            return await super().send(to, body)
+            return await super().send(to, body, **kw)
 
     node = await make_node(bus=SlowBus(node_id="n", grace=5, inbox_limit=10), node_id="n")
     alice, bob = await connect(node, peer="alice"), await connect(node, peer="bob")

@@ -221,8 +221,10 @@ async def test_redis_cluster_failover_is_followed(key_prefix, tmp_path, connect)
     from support import NodeProcess, RedisClusterServers
 
     servers = RedisClusterServers(tmp_path / "rc", primaries=3, replicas=1).start()
-    nodes = [NodeProcess("--redis-url", servers.url, "--key-prefix", key_prefix, "--node-id", f"f{i}")
-             .start(tmp_path) for i in (1, 2)]
+    # a node lease outlasts the failover (about 3 s here), whichever shard holds the leases:
+    # a shorter one would close every connection, rightly, until the leases can be renewed
+    nodes = [NodeProcess("--redis-url", servers.url, "--key-prefix", key_prefix, "--node-id", f"f{i}",
+                         "--node-ttl", "8").start(tmp_path) for i in (1, 2)]
     try:
         for n in nodes:
             await n.wait_ready()

@@ -29,9 +29,9 @@ class FaultyBus(MemoryBus):
         if self.broken:
             raise RuntimeError("bug injected by the test")
 
-    async def send(self, to: str, body: bytes) -> Any:
+    async def send(self, to: str, body: bytes, **kw: Any) -> Any:
         self._check()
-        return await super().send(to, body)
+        return await super().send(to, body, **kw)
 
     async def join(self, peer: str, room: str, **kw: Any) -> Any:
         self._check()

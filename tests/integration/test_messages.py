@@ -21,7 +21,7 @@ RELAYED = [
 async def test_welcome_names_peer_node_ice_heartbeat(node, connect):
     alice = await connect(node, peer="alice")
     assert alice.welcome == {"type": "welcome", "peer": "alice", "node": "test-node-1", "iceServers": [],
-                             "heartbeat": 25, "resumed": False}
+                             "heartbeat": 25, "resumed": False, "seq": "0-0"}  # a new peer: nothing before
 
 
 async def test_open_mode_assigns_a_random_id_when_none_is_asked(node, connect):

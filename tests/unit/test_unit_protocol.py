@@ -320,8 +320,9 @@ def test_lone_surrogate_escape_is_refused_or_re_encodable(raw):
 
 
 def test_welcome_joined_left_pong():
-    w = orjson.loads(p.welcome("a", "n1", [{"urls": "stun:x"}], 25, True))
-    assert w == {"type": "welcome", "peer": "a", "node": "n1", "iceServers": [{"urls": "stun:x"}], "heartbeat": 25, "resumed": True}
+    w = orjson.loads(p.welcome("a", "n1", [{"urls": "stun:x"}], 25, True, "17-2"))
+    assert w == {"type": "welcome", "peer": "a", "node": "n1", "iceServers": [{"urls": "stun:x"}], "heartbeat": 25,
+                 "resumed": True, "seq": "17-2"}
     assert orjson.loads(p.joined("r", ["b"])) == {"type": "joined", "room": "r", "peers": ["b"]}
     assert orjson.loads(p.left("r")) == {"type": "left", "room": "r"}
     assert orjson.loads(p.PONG) == {"type": "pong"}

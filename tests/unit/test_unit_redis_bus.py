@@ -1,8 +1,7 @@
-"""Fast unit tests of the Redis bus's pieces, on fakeredis (the real thing is in tests/contract)."""
+"""Unit tests of the Redis bus's pieces; those that run a script use the real redis-server."""
 
 from __future__ import annotations
 
-import fakeredis
 import pytest
 
 from signaling import envelope
@@ -47,40 +46,56 @@ def test_prefix_is_checked():
         RedisBus("redis://x", node_id="n", grace=1, inbox_limit=1, prefix="bad{prefix}")
 
 
-async def _bus_with_inbox(entries: int, trimmed: str | None) -> tuple[RedisBus, Box, list[str]]:
-    bus = RedisBus("redis://unused", node_id="n1", grace=5, inbox_limit=10)
-    bus._redis = fakeredis.FakeAsyncRedis()  # noqa: SLF001
+async def _registered_with_inbox(redis_server, key_prefix, entries: int, trimmed: str | None,
+                                 last: int) -> tuple[RedisBus, Box, list[str]]:
+    """A started bus whose live connection of bob (epoch 7) was handed ids[last]; Redis
+    has `entries` inbox entries for bob (inbox limit 10)."""
+    import redis.asyncio as aioredis
+
+    bus = RedisBus(redis_server.url, node_id="n1", grace=5, inbox_limit=10, prefix=key_prefix)
+    await bus.start()
     state, inbox, _, _ = bus._peer_keys("bob")  # noqa: SLF001
-    ids = [(await bus._redis.xadd(inbox, {"b": f"m{i}".encode()})).decode() for i in range(entries)]  # noqa: SLF001
-    if trimmed:
-        await bus._redis.hset(state, "trimmed", trimmed)  # noqa: SLF001
+    async with aioredis.from_url(redis_server.url) as r:
+        ids = [(await r.xadd(inbox, {"b": f"m{i}".encode(), "k": b""})).decode() for i in range(entries)]
+        await r.hset(state, mapping={"epoch": 7, "node": "n1", "connected": 1, **({"trimmed": trimmed} if trimmed else {})})
     box = Box()
-    bus._local["bob"] = [_Local(box, epoch=1, last_seq=ids[1])]  # noqa: SLF001
+    bus._local["bob"] = [_Local(box, epoch=7, last_seq=ids[last])]  # noqa: SLF001
     return bus, box, ids
 
 
-async def test_gap_repair_hands_over_what_the_inbox_got_meanwhile():
-    bus, box, ids = await _bus_with_inbox(5, trimmed=None)
-    await bus._repair_gaps()  # noqa: SLF001
-    assert [seq for seq, _ in box.got] == ids[2:] and not box.was_lost
+async def test_registering_again_hands_over_what_the_inbox_got_meanwhile(redis_server, key_prefix):
+    bus, box, ids = await _registered_with_inbox(redis_server, key_prefix, 5, trimmed=None, last=1)
+    try:
+        await bus._register_again()  # noqa: SLF001
+        assert [seq for seq, _ in box.got] == ids[2:] and not box.was_lost
+    finally:
+        await bus.close()
 
 
-async def test_gap_repair_reports_a_gap_the_bound_cut_into():
-    bus, box, ids = await _bus_with_inbox(5, trimmed="99999999999999-0")
-    await bus._repair_gaps()  # noqa: SLF001
-    assert box.was_lost and box.got == []
+async def test_registering_again_reports_a_gap_the_bound_cut_into(redis_server, key_prefix):
+    bus, box, ids = await _registered_with_inbox(redis_server, key_prefix, 5, trimmed="99999999999999-0", last=1)
+    try:
+        await bus._register_again()  # noqa: SLF001
+        assert box.was_lost and box.got == []
+    finally:
+        await bus.close()
 
 
-async def test_gap_repair_knows_a_full_inbox_pushed_out_what_its_oldest_entry_marks():
+async def test_registering_again_knows_a_full_inbox_pushed_out_what_its_oldest_entry_marks(redis_server, key_prefix):
     # inbox limit 10, 11 entries: full, the oldest (ids[0]) marks the newest seq pushed out
-    bus, box, ids = await _bus_with_inbox(11, trimmed=None)
-    bus._local["bob"][0].last_seq = ids[0]  # noqa: SLF001 - it has the marker: nothing is missing
-    await bus._repair_gaps()  # noqa: SLF001
-    assert [seq for seq, _ in box.got] == ids[1:] and not box.was_lost
-    bus, box, ids = await _bus_with_inbox(11, trimmed=None)
-    bus._local["bob"][0].last_seq = "1-0"  # noqa: SLF001 - from before the marker: a gap
-    await bus._repair_gaps()  # noqa: SLF001
-    assert box.was_lost and box.got == []
+    bus, box, ids = await _registered_with_inbox(redis_server, key_prefix, 11, trimmed=None, last=0)
+    try:
+        await bus._register_again()  # noqa: SLF001 - it has the marker: nothing is missing
+        assert [seq for seq, _ in box.got] == ids[1:] and not box.was_lost
+    finally:
+        await bus.close()
+    bus, box, ids = await _registered_with_inbox(redis_server, key_prefix + "x", 11, trimmed=None, last=0)
+    try:
+        bus._local["bob"][0].last_seq = "1-0"  # noqa: SLF001 - from before the marker: a gap
+        await bus._register_again()  # noqa: SLF001
+        assert box.was_lost and box.got == []
+    finally:
+        await bus.close()
 
 
 def test_resp_packing():
@@ -94,16 +109,20 @@ def test_resp_packing():
     assert reader.gets() == [b"EVALSHA", b"abc", b"1", b"key", "é".encode()]
 
 
-def test_the_hot_path_packs_send_exactly_as_the_generic_packer_would(monkeypatch):
-    from signaling.bus import redis as redis_bus
+def test_the_hot_path_packs_send_exactly_as_the_generic_packer_would():
     from signaling.bus.redis_wire import pack
 
-    monkeypatch.setattr(redis_bus, "_ms", lambda: 1764201600123)
     bus = RedisBus("redis://127.0.0.1:1/0", node_id="n1", grace=30.0, inbox_limit=256)
     bus._sha = {"SEND": "f" * 40}  # noqa: SLF001
     bus._prepare_send()  # noqa: SLF001 - what start() does once the scripts are known
     body = b'{"type":"message","from":"a","data":"\xc3\xa9\\r\\n"}'
     state, inbox, _, channel = bus._peer_keys("b:1")  # noqa: SLF001
-    expected = pack(("EVALSHA", "f" * 40, 3, state, inbox, channel, body, 256, 1764201600123, bus._ttl_ms))  # noqa: SLF001
-    assert bus._packed_send("b:1", body) == expected  # noqa: SLF001
-    assert bus._packed_send("b:1", body) == expected  # noqa: SLF001 - from the cache too
+    sender = bus._peer_keys("a")[0]  # noqa: SLF001
+    ttl = bus._ttl_ms  # noqa: SLF001
+    for retry in (False, True):
+        anonymous = pack(("EVALSHA", "f" * 40, 3, state, inbox, channel, body, 256, ttl, b"k:1", "", int(retry)))
+        fenced = pack(("EVALSHA", "f" * 40, 4, state, inbox, channel, sender, body, 256, ttl, b"k:1",
+                       1796136845519990, int(retry)))
+        for _ in range(2):  # the second time from the caches
+            assert bus._packed_send("b:1", body, None, b"k:1", retry) == anonymous  # noqa: SLF001
+            assert bus._packed_send("b:1", body, ("a", 1796136845519990), b"k:1", retry) == fenced  # noqa: SLF001
