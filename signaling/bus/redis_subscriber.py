@@ -40,6 +40,11 @@ class _Lost(Exception):
     pass
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, sub: Subscriber) -> None:
         self.sub = sub
@@ -231,10 +236,10 @@ class Subscriber:
             protocol.fail("connect failed")  # a half-made connection is never left subscribed
             raise
         finally:
-            if not done.done():
-                done.cancel()
-            elif not done.cancelled():
-                done.exception()  # retrieved: the failure was raised above, or there was none
+            # retrieved whatever happens: the failure was raised above, or there was none (a
+            # cancelled gather ends with a CancelledError *exception*, reported if never read)
+            done.add_done_callback(_retrieve)
+            done.cancel()
         if not first:
             self.release()
         return protocol
