@@ -63,6 +63,7 @@ PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 ATTACH_WINDOW = 5.0  # s: a handshake whose ATTACH reaches Redis later than this after it began is refused
 LEASE_MARGIN = 0.2  # of node_ttl: the lease runs out here this much before it does in Redis
 RETRY_PAUSE = 0.05  # s: between tries of a send whose first reply was lost
+OFFSET_JITTER = 0.005  # s: how far the estimate of Redis's clock may wander before it is updated
 
 
 @dataclass(eq=False, slots=True)
@@ -315,15 +316,18 @@ class RedisBus(Bus):
         """Redis's clock at local monotonic time `monotonic`, as known from the last lease reply."""
         return int(monotonic * 1e6 + self._offset_us)
 
-    def _held_lease(self, sent: float, redis_ms: int) -> None:
-        """A lease request sent at `sent` (monotonic) was granted by Redis at `redis_ms`."""
+    def _held_lease(self, sent: float, redis_us: int) -> None:
+        """A lease request sent at `sent` (monotonic) was granted by Redis at `redis_us`."""
         received = time.monotonic()
         until = sent + self.node_ttl * (1 - LEASE_MARGIN)
         if until <= received:
             return  # granted, but too late to use: the next step takes a new one
         # Redis read its clock between `sent` and `received`: the midpoint is at most half a
-        # round trip off, and a lease reply is never a long round trip (see above)
-        self._offset_us = redis_ms * 1000 - (sent + received) / 2 * 1e6
+        # round trip off. Kept while it moves less than OFFSET_JITTER, so the handshakes of
+        # this node are ordered by its monotonic clock alone (see attach)
+        offset = redis_us - (sent + received) / 2 * 1e6
+        if abs(offset - self._offset_us) > OFFSET_JITTER * 1e6:
+            self._offset_us = offset
         self._lease_until = until
         if self._lease_timer is not None:
             self._lease_timer.cancel()
@@ -354,19 +358,19 @@ class RedisBus(Bus):
         """A new lease (at start, or after losing one): then the peers Redis still places on
         this node without a connection here start their grace."""
         sent = time.monotonic()
-        now_ms, _ = await self._eval("LEASE", [self.nodes_key], [self.node_id, int(self.node_ttl * 1000), "join"])
+        now_us, _ = await self._eval("LEASE", [self.nodes_key], [self.node_id, int(self.node_ttl * 1000), "join"])
         self._healthy = True
         await self._reconcile()
-        self._held_lease(sent, int(now_ms))
+        self._held_lease(sent, int(now_us))
 
     async def _renew_lease(self) -> bool:
         """Extend the lease; False if Redis had lost it while it was valid here."""
         sent = time.monotonic()
-        now_ms, status = await self._eval("LEASE", [self.nodes_key], [self.node_id, int(self.node_ttl * 1000),
+        now_us, status = await self._eval("LEASE", [self.nodes_key], [self.node_id, int(self.node_ttl * 1000),
                                                                       "renew"])
         self._healthy = True
         if status == 1:
-            self._held_lease(sent, int(now_ms))
+            self._held_lease(sent, int(now_us))
             return True
         if status == 0:
             # Redis restarted empty or failed over: nobody can have taken this node's peers
@@ -487,8 +491,8 @@ class RedisBus(Bus):
             res = await self._until_known(lambda retry: batcher.call_packed(
                 self._packed_send(to, body, origin, key, retry)))
         else:
-            if origin is not None:
-                await self._owns(origin)
+            if origin is not None and not await self._owns(origin):
+                return Result(Outcome.REPLACED)
             state, inbox, _, channel = self._peer_keys(to)
             res = await self._until_known(lambda retry: self._eval(
                 "SEND", [state, inbox, channel], [body, self.inbox_limit, self._ttl_ms, key, "", int(retry)]))
@@ -521,14 +525,14 @@ class RedisBus(Bus):
             self._healthy = True
             return res
 
-    async def _owns(self, origin: tuple[str, int]) -> None:
-        """Redis Cluster: the sender's fence, checked on its own shard before sending."""
+    async def _owns(self, origin: tuple[str, int]) -> bool:
+        """Redis Cluster: the sender's fence, checked on its own shard before sending; False
+        when a newer connection owns the sender's id."""
         owns = await self._until_known(lambda retry: self._eval("OWNS", [self._peer_keys(origin[0])[0]],
                                                                 [origin[1]]))
-        if owns == 4:
-            raise BusUnavailable("a newer connection owns this peer id")
         if owns == 3:
             raise BusUnavailable("this connection is not registered in Redis right now")
+        return bool(owns != 4)
 
     def _prepare_send(self) -> None:
         # EVALSHA sha 4 state inbox channel sender-state body limit ttl key epoch retry
@@ -592,8 +596,8 @@ class RedisBus(Bus):
             def attempt(retry: bool) -> list[Any]:
                 return [batcher.call_packed(self._packed_send(m, body, origin, key, retry)) for m in targets]
         else:
-            if origin is not None:
-                await self._owns(origin)
+            if origin is not None and not await self._owns(origin):
+                return [[4]]
 
             def attempt(retry: bool) -> list[Any]:
                 return [self._eval("SEND", list(self._peer_keys(m)[:2]) + [self._peer_keys(m)[3]],

@@ -278,16 +278,17 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', time_ms(), 'LIMIT', 0, tonum
 
 # Node leases. KEYS: the nodes zset (node -> end of its lease, ms of Redis's clock)
 # ARGV: node, lease ms, mode ('join': take a new lease | 'renew': extend the one held)
-# -> {now ms, 1} held until now + lease | {now ms, 0} absent (Redis lost it) | {now ms, -1} it had run out
+# -> {now us, 1} held until now + lease | {now us, 0} absent (Redis lost it) | {now us, -1} it had run out
 LEASE = _COMMON + """
-local now = time_ms()
+local us = time_us()
+local now = math.floor(us / 1000)
 if ARGV[3] == 'renew' then
   local until_ = redis.call('ZSCORE', KEYS[1], ARGV[1])
-  if not until_ then return {now, 0} end
-  if tonumber(until_) < now then return {now, -1} end
+  if not until_ then return {fmt(us), 0} end
+  if tonumber(until_) < now then return {fmt(us), -1} end
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-return {now, 1}
+return {fmt(us), 1}
 """
 
 # KEYS: the nodes zset   -> {node, end of its lease (ms)...} for leases run out by Redis's clock

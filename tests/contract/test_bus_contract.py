@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import AsyncIterator, Callable
 
 import pytest
 
-from signaling.bus import Bus
+from signaling.bus import AttachRefused, Bus, BusUnavailable, LeaseLost
 from signaling.bus.memory import MemoryBus
 from signaling.directory import Outcome
 from signaling.inbox import parse_seq
@@ -25,6 +26,7 @@ class Box:
     def __init__(self) -> None:
         self.got: list[tuple[str, dict]] = []
         self.was_replaced = False
+        self.was_fenced = False
         self.arrived = asyncio.Event()
 
     def deliver(self, seq: str, body: bytes) -> None:
@@ -36,6 +38,9 @@ class Box:
 
     def lost(self) -> None:
         raise AssertionError("the bus lost messages")
+
+    def fenced(self) -> None:
+        self.was_fenced = True
 
     async def wait(self, n: int, timeout: float = 2.0) -> list[dict]:
         async def enough() -> None:
@@ -110,6 +115,55 @@ async def test_later_attach_wins_and_the_earlier_mailbox_hears_nothing_more(bus)
     assert first.got == []
     await bus.detach("bob", a1.epoch, final=True)  # stale: ignored
     assert (await bus.send("bob", msg(2))).outcome is Outcome.DELIVERED
+
+
+async def test_a_replaced_connection_changes_nothing(bus):
+    # a frame read from a superseded connection (its node woke from a pause, say) must not
+    # reach anyone: it would overtake what the client sent on its newer connection
+    bob = Box()
+    await bus.attach("bob", bob)
+    old = await bus.attach("alice", Box())
+    new = await bus.attach("alice", Box())
+    await join_both(bus, "alice", "bob", new.epoch)
+    assert (await bus.send("bob", msg(1), origin=("alice", old.epoch))).outcome is Outcome.REPLACED
+    assert (await bus.broadcast("alice", "r", msg(2), epoch=old.epoch)).outcome is Outcome.REPLACED
+    with pytest.raises(BusUnavailable):
+        await bus.leave("alice", "r", epoch=old.epoch)
+    assert (await bus.send("bob", msg(3), origin=("alice", new.epoch))).outcome is Outcome.DELIVERED
+    assert [m.get("data") for m in await bob.wait(2)] == [None, 3]  # peer-joined, then 3 only
+
+
+async def join_both(bus: Bus, a: str, b: str, epoch: int) -> None:
+    await bus.join(b, "r", room_limit=9, rooms_per_peer=9)
+    await bus.join(a, "r", room_limit=9, rooms_per_peer=9, epoch=epoch)
+
+
+@pytest.mark.parametrize("queued_before", [0, 2])
+async def test_a_resume_from_the_welcome_seq_replays_all_the_connection_was_given(bus, queued_before):
+    # protocol 1.1: a connection lost before its client processed anything resumes from
+    # welcome.seq (Attached.seq) and gets every frame the lost connection was given, once
+    last = await _away_after_one(bus)
+    for n in range(1, 1 + queued_before):
+        await bus.send("bob", msg(n))
+    box = Box()
+    first = await bus.attach("bob", box, resume=last)
+    await bus.send("bob", msg(9))
+    await box.wait(1)
+    await bus.detach("bob", first.epoch, final=False, delivered=box.got[-1][0])
+    again = await bus.attach("bob", Box(), resume=first.seq)
+    assert again.resumed
+    assert [json.loads(body)["data"] for _, body in again.replay] == [*range(1, 1 + queued_before), 9]
+
+
+async def test_a_new_peer_resumes_from_its_first_welcome_seq(bus):
+    box = Box()
+    first = await bus.attach("carol", box)
+    for n in range(2):
+        await bus.send("carol", msg(n))
+    await box.wait(2)
+    await bus.detach("carol", first.epoch, final=False, delivered=box.got[-1][0])
+    again = await bus.attach("carol", Box(), resume=first.seq)
+    assert again.resumed and [json.loads(body)["data"] for _, body in again.replay] == [0, 1]
 
 
 async def _away_after_one(bus: Bus) -> str:
@@ -249,3 +303,55 @@ async def test_too_many_rooms_is_checked_before_room_full(bus):
     await bus.join("b", "mine", room_limit=9, rooms_per_peer=1)
     result = await bus.join("b", "full", room_limit=1, rooms_per_peer=1)
     assert result.outcome is Outcome.TOO_MANY_ROOMS
+
+
+async def test_an_older_handshake_cannot_take_over_a_newer_connection(redis_bus_only):
+    # a client's abandoned attempt, stuck on a node whose link to Redis stalled, reaches
+    # Redis after the client's newer connection: it is refused, the newer one untouched
+    bus, newer = redis_bus_only, Box()
+    began = time.monotonic()
+    await bus.attach("bob", newer, started=began)
+    with pytest.raises(AttachRefused) as refused:
+        await bus.attach("bob", Box(), started=began - 0.5)
+    assert refused.value.newer and not newer.was_replaced
+    assert (await bus.send("bob", msg(1))).outcome is Outcome.DELIVERED
+    assert [m["data"] for m in await newer.wait(1)] == [1]
+
+
+async def test_a_handshake_that_reaches_redis_too_late_is_refused(redis_bus_only):
+    with pytest.raises(AttachRefused) as refused:
+        await redis_bus_only.attach("bob", Box(), started=time.monotonic() - 10)
+    assert not refused.value.newer
+    assert (await redis_bus_only.send("bob", msg(1))).outcome is Outcome.NO_PEER
+
+
+async def test_a_node_past_its_lease_fences_its_connections_and_acts_for_none(redis_bus_only):
+    bus, box = redis_bus_only, Box()
+    await bus.attach("bob", box)
+    bus._lease_until = time.monotonic() - 0.001  # noqa: SLF001 - as after a pause: the lease has lapsed
+    with pytest.raises(LeaseLost):
+        await bus.send("bob", msg(1))
+    assert box.was_fenced and not bus.ready
+    with pytest.raises(LeaseLost):
+        await bus.attach("carol", Box())
+
+
+async def test_a_send_whose_reply_was_lost_runs_once_when_tried_again(redis_server, key_prefix):
+    from signaling.bus.redis import RedisBus
+
+    bus = RedisBus(redis_server.url, node_id="node-1", grace=GRACE, inbox_limit=4, prefix=key_prefix)
+    await bus.start()
+    try:
+        box = Box()
+        await bus.attach("bob", box)
+        batcher = bus._batcher  # noqa: SLF001
+        packed = bus._packed_send  # noqa: SLF001
+        first = await batcher.call_packed(packed("bob", msg(1), None, b"send-1", False))
+        again = await batcher.call_packed(packed("bob", msg(1), None, b"send-1", True))  # its reply was lost
+        assert again == first  # found by its key: not stored or published a second time
+        never_ran = await batcher.call_packed(packed("bob", msg(2), None, b"send-2", True))
+        assert never_ran[0] == 1 and never_ran[1] != first[1]  # a retry of a send that had not run runs
+        await asyncio.sleep(0.2)
+        assert [m["data"] for m in await box.wait(2)] == [1, 2] and len(box.got) == 2
+    finally:
+        await bus.close()
