@@ -435,6 +435,10 @@ class RedisBus(Bus):
             await self._forget(peer, local)
             raise
         epoch, replaced, resumed, replay, members, delivered, point = res
+        if int(replaced) >= 0:  # a connection on this node: told now, not when the notice comes round
+            for other in list(locals_):
+                if other.epoch == int(replaced):
+                    self._handle(peer, other, envelope.Envelope("r", int(replaced)))
         local.epoch, local.last_seq = int(epoch), delivered.decode()
         local.rooms = frozenset(m.decode() for m in members) if members else frozenset()
         pending, local.pending = local.pending, []

@@ -213,6 +213,28 @@ async def test_reconnects_resume_resend_and_rejoin(page):
     assert result["rooms"] == ["bob", "erin"]
 
 
+async def test_a_connection_lost_before_anything_was_processed_resumes_from_welcome_seq(page):
+    # protocol 1.1: frames reached the socket, the app handled none, the connection died
+    result = await page.evaluate("""async () => {
+      const c = new sig.SignalingClient("ws://x.test/ws", { peer: "bob", WebSocket: FakeSocket,
+                                                            backoff: { initial: 10, max: 20 } });
+      const got = [];
+      c.on("message", (m) => got.push(m.data));
+      c.connect();
+      sockets[0].welcome({ resumed: false, seq: "7-3" });   // a takeover that replays after 7-3
+      await until(() => c.state === "open");
+      const before = c.lastSeq;
+      sockets[0].drop(1006, "");                              // before its replay arrived
+      await until(() => sockets.length === 2);
+      sockets[1].welcome({ resumed: true, seq: "7-3" });
+      sockets[1].deliver({ type: "message", from: "alice", data: 1, seq: "7-4" });
+      sockets[1].deliver({ type: "message", from: "alice", data: 2, seq: "7-5" });
+      return { before, resume: sockets[1].param("resume"), got, lastSeq: c.lastSeq, welcome: sockets[0].param("resume") };
+    }""")
+    assert result["before"] == "7-3" and result["resume"] == "7-3"  # not "0-0": no false resync, no old frames
+    assert result["welcome"] is None and result["got"] == [1, 2] and result["lastSeq"] == "7-5"
+
+
 @pytest.mark.parametrize("code", [1000, 1008, 1009, 4409, 4401])
 async def test_final_close_codes_stop(page, code):
     result = await page.evaluate("""async (code) => {

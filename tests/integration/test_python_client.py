@@ -176,6 +176,44 @@ async def test_resync_when_the_inbox_overflowed(make_node, clients, proxies):
     assert receiver.rooms == {"r": {"sender"}}
 
 
+async def test_a_connection_lost_before_its_app_handled_anything_resumes_from_welcome_seq(make_node, clients,
+                                                                                           proxies, connect):
+    # protocol 1.1: a restarted app takes over its peer (no seq of its own), the replay
+    # reaches the socket but the app handles none of it, the connection dies: it resumes
+    # from welcome.seq and gets exactly those frames, once, without a resync (resuming from
+    # "0-0" would say resumed: false here, the bound having pushed out what came before)
+    base = await make_node(inbox_limit=2)
+    old_life = await connect(base, peer="bob")
+    alice = clients(f"{base}/ws", peer="alice")
+    await alice.connect(timeout=5)
+    await alice.message(0, to="bob")
+    await old_life.expect("message", data=0)
+    await old_life.drop()  # bob's first app is gone; he is reconnecting
+    for i in (1, 2):
+        assert (await alice.message(i, to="bob")).queued
+    proxy = await proxies(base)
+    bob = clients(f"{proxy.ws_base}/ws", peer="bob")
+    handling = asyncio.Event()
+    got: list[Any] = []
+
+    async def slow(message: dict[str, Any]) -> None:
+        await handling.wait()  # the app is busy: frames wait in the client, unprocessed
+        got.append(message["data"])
+
+    bob.on("message", slow)
+    seen = collect(bob, "welcome", "resync")
+    first = await bob.connect(timeout=5)
+    assert first["resumed"] is False and first["seq"] == old_life.last_seq
+    await eventually(lambda: bob._dedupe.highest is not None)  # noqa: SLF001 - frame 1 reached the client
+    proxy.cut()  # the connection dies before the app handled anything
+    await eventually(lambda: bob.welcome is not first, timeout=5)  # (its event waits behind the busy app)
+    handling.set()
+    await eventually(lambda: len(got) == 2)
+    await asyncio.sleep(0.2)
+    assert got == [1, 2]
+    assert seen[-1][1]["resumed"] is True and not [e for e, _ in seen if e == "resync"]
+
+
 async def test_a_frame_left_unacknowledged_is_sent_again_with_its_id(clients):
     """A scripted node: the first connection swallows a frame and vanishes, the second
     acks it. The client sends it again, same id, after the new welcome; `resume` says
