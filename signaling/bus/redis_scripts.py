@@ -104,6 +104,8 @@ if existed then
 end
 if first and cmp(start, first) < 0 then start = first end  -- never serve the marker
 local replay = redis.call('XRANGE', inbox, '(' .. start, '+')
+local point = start  -- a resume from here replays exactly what this connection is given
+if cmp(trimmed, point) > 0 then point = trimmed end
 -- checks and reads done: from here on, writes
 local epoch = now
 if existed and tonumber(prev[1]) >= epoch then epoch = tonumber(prev[1]) + 1 end
@@ -122,7 +124,7 @@ if KEYS[6] then
   redis.call('ZREM', KEYS[5], ARGV[4])
   redis.call('SADD', KEYS[6], ARGV[4])
 end
-return {epoch, replaced, resumed, bodies(replay), redis.call('SMEMBERS', rooms), delivered, start}
+return {epoch, replaced, resumed, bodies(replay), redis.call('SMEMBERS', rooms), delivered, point}
 """
 
 # KEYS: state, inbox, rooms [, grace schedule]   ARGV: epoch, final 0/1, delivered ('' = unknown), grace ms,

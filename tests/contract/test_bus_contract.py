@@ -155,6 +155,17 @@ async def test_a_resume_from_the_welcome_seq_replays_all_the_connection_was_give
     assert [json.loads(body)["data"] for _, body in again.replay] == [*range(1, 1 + queued_before), 9]
 
 
+async def test_the_welcome_seq_after_a_gap_is_a_point_a_resume_can_serve(bus):
+    last = await _away_after_one(bus)
+    for n in range(1, 7):  # the bound is 4: 1 and 2 are pushed out
+        await bus.send("bob", msg(n))
+    gap = await bus.attach("bob", Box(), resume=last)
+    assert not gap.resumed and [json.loads(body)["data"] for _, body in gap.replay] == [3, 4, 5, 6]
+    await bus.detach("bob", gap.epoch, final=False)  # lost before anything was processed
+    again = await bus.attach("bob", Box(), resume=gap.seq)
+    assert again.resumed and [json.loads(body)["data"] for _, body in again.replay] == [3, 4, 5, 6]
+
+
 async def test_a_new_peer_resumes_from_its_first_welcome_seq(bus):
     box = Box()
     first = await bus.attach("carol", box)
