@@ -59,6 +59,7 @@ from .redis_subscriber import Subscriber
 
 log = logging.getLogger("signaling.bus.redis")
 PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+NODE_ID = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
 
 ATTACH_WINDOW = 5.0  # s: a handshake whose ATTACH reaches Redis later than this after it began is refused
 LEASE_MARGIN = 0.2  # of node_ttl: the lease runs out here this much before it does in Redis
@@ -106,6 +107,8 @@ class RedisBus(Bus):
                  node_ttl: float = 3.0, metrics: Any = None) -> None:
         if not PREFIX.fullmatch(prefix):
             raise ValueError("key prefix must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+        if not NODE_ID.fullmatch(node_id):
+            raise ValueError("node id must be 1-64 characters of A-Z a-z 0-9 . _ : @ - (it names Redis keys)")
         self.url, self.node_id, self.grace, self.inbox_limit = url, node_id, grace, inbox_limit
         self.prefix, self.node_ttl, self.metrics = prefix, node_ttl, metrics
         self.clustered = url.startswith("redis+cluster://")
@@ -127,6 +130,8 @@ class RedisBus(Bus):
         self._lease_until = 0.0  # monotonic: this node may serve until then (0: it holds no lease)
         self._lease_timer: asyncio.TimerHandle | None = None
         self._offset_us = 0.0  # Redis's clock minus this node's monotonic clock, in us (from lease replies)
+        self._era_ms = 0  # when Redis's data set began (Redis's clock), from lease replies
+        self._era_lost = False  # it began by losing an earlier one that nodes were serving from
         self._tasks: list[asyncio.Task[None]] = []
         self._expired = 0
         self._detach_failed = False  # a detach could not reach Redis: reconcile at the next heartbeat
@@ -354,23 +359,27 @@ class RedisBus(Bus):
             mailbox.fenced()
         log.warning("lease lost: %s; closed %d connections so they resume elsewhere", why, len(mailboxes))
 
+    async def _lease(self, mode: str) -> tuple[float, int, int]:
+        """One LEASE call: (sent at, monotonic; Redis's clock, us; status)."""
+        sent = time.monotonic()
+        us, status, era, lost = await self._eval("LEASE", [self.nodes_key], [
+            self.node_id, int(self.node_ttl * 1000), mode, self._era_ms or ""])
+        self._healthy = True
+        self._era_ms, self._era_lost = int(era), bool(lost)
+        return sent, int(us), int(status)
+
     async def _take_lease(self) -> None:
         """A new lease (at start, or after losing one): then the peers Redis still places on
         this node without a connection here start their grace."""
-        sent = time.monotonic()
-        now_us, _ = await self._eval("LEASE", [self.nodes_key], [self.node_id, int(self.node_ttl * 1000), "join"])
-        self._healthy = True
+        sent, us, _ = await self._lease("join")
         await self._reconcile()
-        self._held_lease(sent, int(now_us))
+        self._held_lease(sent, us)
 
     async def _renew_lease(self) -> bool:
         """Extend the lease; False if Redis had lost it while it was valid here."""
-        sent = time.monotonic()
-        now_us, status = await self._eval("LEASE", [self.nodes_key], [self.node_id, int(self.node_ttl * 1000),
-                                                                      "renew"])
-        self._healthy = True
+        sent, us, status = await self._lease("renew")
         if status == 1:
-            self._held_lease(sent, int(now_us))
+            self._held_lease(sent, us)
             return True
         if status == 0:
             # Redis restarted empty or failed over: nobody can have taken this node's peers
@@ -381,6 +390,18 @@ class RedisBus(Bus):
             return False
         self._lose_lease("Redis says it ran out (this node's clock runs slow?)")
         raise LeaseLost("the lease ran out in Redis")
+
+    def _after_loss(self, window: float) -> bool:
+        """True within `window` seconds of Redis's data set starting over after a loss."""
+        if not self._era_lost:
+            return False
+        return self._redis_time_us(time.monotonic()) / 1000 - self._era_ms < window * 1000
+
+    def _reshaping(self) -> None:
+        """Room membership may be incomplete until every live node has registered its peers
+        again (a heartbeat after Redis lost data): refuse what would act on a partial room."""
+        if time.monotonic() < self._settle_until or self._after_loss(self.node_ttl):
+            raise BusUnavailable("nodes are registering their peers again after Redis lost its data")
 
     async def _heartbeat_forever(self) -> None:
         while True:
@@ -568,12 +589,14 @@ class RedisBus(Bus):
                          flag))
 
     def _settling(self) -> bool:
-        """True for a while after Redis came back empty: until every live node has had
-        a heartbeat to register its peers again, `no such peer` cannot be trusted."""
-        return time.monotonic() < self._settle_until
+        """True for a while after Redis came back empty: until every live node has had a
+        heartbeat to register its peers again, and every peer whose node had to close its
+        connection has had its grace to come back, `no such peer` cannot be trusted."""
+        return time.monotonic() < self._settle_until or self._after_loss(self.grace)
 
     async def broadcast(self, sender: str, room: str, body: bytes, *, epoch: int | None = None) -> Result:
         self._check_serving()
+        self._reshaping()
         async with self._guard():
             members = await self._eval("MEMBERS_IF_IN", [self._room_key(room)], [sender])
         if members is None:
@@ -617,6 +640,7 @@ class RedisBus(Bus):
     async def join(self, peer: str, room: str, *, room_limit: int, rooms_per_peer: int,
                    epoch: int | None = None) -> Result:
         self._check_serving()
+        self._reshaping()
         state, _, rooms_key, _ = self._peer_keys(peer)
         async with self._guard():
             added = await self._eval("JOIN_PEER", [rooms_key, state], [room, rooms_per_peer, _fence(epoch)])

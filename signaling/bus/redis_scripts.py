@@ -278,24 +278,47 @@ DUE = _COMMON + """
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', time_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
 """
 
-# Node leases. KEYS: the nodes zset (node -> end of its lease, ms of Redis's clock)
-# ARGV: node, lease ms, mode ('join': take a new lease | 'renew': extend the one held)
-# -> {now us, 1} held until now + lease | {now us, 0} absent (Redis lost it) | {now us, -1} it had run out
+# Node leases. KEYS: the nodes zset (node -> end of its lease, ms of Redis's clock; and two
+# marks that are not nodes: `~era`, when this data set began, and `~lost`, set when it
+# began by losing an earlier one: Redis restarted empty while nodes were serving)
+# ARGV: node, lease ms, mode ('join': take a new lease | 'renew': extend the one held),
+#       the era the node knew ('' = none: it never held a lease)
+# -> {now us, status, era ms, lost 0/1}; status 1: held until now + lease | 0: absent (Redis
+#    lost it) | -1: it had run out
 LEASE = _COMMON + """
+local nodes = KEYS[1]
 local us = time_us()
 local now = math.floor(us / 1000)
+local era = redis.call('ZSCORE', nodes, '~era')
+local status = 1
 if ARGV[3] == 'renew' then
-  local until_ = redis.call('ZSCORE', KEYS[1], ARGV[1])
-  if not until_ then return {fmt(us), 0} end
-  if tonumber(until_) < now then return {fmt(us), -1} end
+  local until_ = redis.call('ZSCORE', nodes, ARGV[1])
+  if not until_ then status = 0 elseif tonumber(until_) < now then status = -1 end
 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-return {fmt(us), 1}
+-- checks done: from here on, writes
+if not era then
+  era = now
+  redis.call('ZADD', nodes, era, '~era')
+  if ARGV[4] ~= '' then redis.call('ZADD', nodes, era, '~lost') end
+elseif ARGV[4] ~= '' and tonumber(ARGV[4]) ~= tonumber(era) then
+  redis.call('ZADD', nodes, 'NX', era, '~lost')  -- this node served in an earlier data set
+end
+if status == 1 then redis.call('ZADD', nodes, now + tonumber(ARGV[2]), ARGV[1]) end
+local lost = redis.call('ZSCORE', nodes, '~lost') and 1 or 0
+return {fmt(us), status, tonumber(era), lost}
 """
 
 # KEYS: the nodes zset   -> {node, end of its lease (ms)...} for leases run out by Redis's clock
 DEAD_NODES = _COMMON + """
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. time_ms(), 'WITHSCORES')
+local out = {}
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. time_ms(), 'WITHSCORES')
+for i = 1, #dead, 2 do
+  if string.sub(dead[i], 1, 1) ~= '~' then
+    out[#out + 1] = dead[i]
+    out[#out + 1] = dead[i + 1]
+  end
+end
+return out
 """
 
 # KEYS: the nodes zset   ARGV: node -> drops it only if its lease is still out (it may have
