@@ -624,12 +624,20 @@ class SignalingClient(_Events):
         if self._first is not None and not self._first.done():
             self._first.set_result(frame)
 
-    def _rejoin(self, room: str) -> None:
+    def _rejoin(self, room: str, attempt: int = 0) -> None:
+        """Join a room again after a lost session. Right after the cluster lost its data it
+        refuses joins (`unavailable`) until every node has registered its peers again: retry."""
         future = self.send_nowait({"type": "join", "room": room})
 
         def done(f: asyncio.Future[Ack]) -> None:
-            if not f.cancelled() and f.exception() is not None:
-                self._emit("error", f.exception())
+            if f.cancelled() or f.exception() is None:
+                return
+            error = f.exception()
+            if isinstance(error, SignalingError) and error.code == "unavailable" and room in self._wanted \
+                    and not self._stopped:
+                asyncio.get_running_loop().call_later(min(2.0, 0.25 * 2 ** attempt), self._rejoin, room, attempt + 1)
+            else:
+                self._emit("error", error)
 
         future.add_done_callback(done)
 

@@ -527,6 +527,19 @@ export class SignalingClient extends Emitter {
     }
   }
 
+  /** Join a room again after a lost session. Right after the cluster lost its data it
+   * refuses joins (`unavailable`) until every node has registered its peers again: retry.
+   * @private */
+  _rejoin(/** @type {string} */ room, attempt = 0) {
+    this.send({ type: "join", room }).catch((err) => {
+      if (err.code === "unavailable" && this._wanted.has(room) && !this._stopped) {
+        setTimeout(() => this._rejoin(room, attempt + 1), Math.min(2000, 250 * 2 ** attempt));
+      } else {
+        this.emit("error", err);
+      }
+    });
+  }
+
   /** A re-sent frame (same sender, same auto id) processed already. @private */
   _isRepeat(/** @type {any} */ frame) {
     if (!RELAYED.has(frame.type) || typeof frame.id !== "string" || !frame.id.startsWith(AUTO_ID)) return false;
@@ -569,7 +582,7 @@ export class SignalingClient extends Emitter {
       // the server could not fill the gap: our rooms may be gone (joining is idempotent)
       const joining = new Set([...this._pending.values()].filter((p) => p.type === "join").map((p) => p.room));
       for (const room of this._wanted) {
-        if (!joining.has(room)) this.send({ type: "join", room }).catch((err) => this.emit("error", err));
+        if (!joining.has(room)) this._rejoin(room);
       }
     }
     this.emit("welcome", frame);
