@@ -32,6 +32,8 @@ const RELAYED = new Set(["offer", "answer", "candidate", "bye", "message"]);
 /** Auto receipt ids start with this; receivers drop a repeat of one they have processed. */
 const AUTO_ID = "~";
 const RECENT_IDS = 4096; // (sender, id) pairs remembered for that
+/** ms a rollback waits at most for a connection's first ICE gathering (see PeerLink._gathered) */
+const FIRST_GATHERING_WAIT = 3000;
 
 /**
  * An `error` frame answering a send, or a failure of the client itself. `code` is a
@@ -697,6 +699,10 @@ export class PeerLink extends Emitter {
     /** @private @type {any} */ this._restartTimer = null;
     /** @private @type {any} */ this._offerTimer = null;
     /** @private */ this._offers = 0; // offers sent: the watchdog generation
+    /** @private */ this._gatheredOnce = false; // an icecandidate event came (see _gathered)
+    /** @private @type {() => void} */ this._sawCandidate = () => {};
+    /** @private @type {Promise<void>} */
+    this._firstCandidate = new Promise((resolve) => (this._sawCandidate = resolve));
     /** @private */ this._offs = [client.on("resync", () => this.restartIce())];
     client.links.set(remote, this);
     this._wire();
@@ -720,6 +726,8 @@ export class PeerLink extends Emitter {
       }
     };
     pc.onicecandidate = ({ candidate }) => {
+      this._gatheredOnce = true;
+      this._sawCandidate();
       this._signal({ type: "candidate", candidate: candidate ? candidate.toJSON() : null });
     };
     pc.ontrack = (ev) => this.emit("track", ev);
@@ -758,11 +766,27 @@ export class PeerLink extends Emitter {
     this._offerTimer = setTimeout(() => {
       if (this.closed || this._offers !== offer || this.pc.signalingState !== "have-local-offer") return;
       this._enqueue(async () => {
+        await this._gathered();
         if (this._offers !== offer || this.pc.signalingState !== "have-local-offer") return;
         await this.pc.setLocalDescription({ type: "rollback" });
         this.pc.restartIce();
       });
     }, this.offerTimeout);
+  }
+
+  /**
+   * Wait (at most FIRST_GATHERING_WAIT ms) until the connection has gathered once, before
+   * any rollback. Rolling back the first offer tears down the ICE transport it made; when
+   * that happens before Chromium's per-connection network list arrived, Chromium drops the
+   * list and no later gathering of this connection (answer, ICE restart) ever gets a candidate.
+   * @private
+   */
+  async _gathered() {
+    if (this._gatheredOnce || this.pc.iceGatheringState === "complete") return;
+    let timer;
+    const bound = new Promise((resolve) => (timer = setTimeout(resolve, FIRST_GATHERING_WAIT)));
+    await Promise.race([this._firstCandidate, bound]);
+    clearTimeout(timer);
   }
 
   /** @private */
@@ -792,7 +816,8 @@ export class PeerLink extends Emitter {
       this._ignoreOffer = !this.polite && collision;
       if (this._ignoreOffer) return;
       if (collision) {
-        // glare, and we are polite: roll our offer back, take theirs
+        // glare, and we are polite: roll our offer back (once it gathered: see _gathered), take theirs
+        await this._gathered();
         await Promise.all([pc.setLocalDescription({ type: "rollback" }), pc.setRemoteDescription(description)]);
       } else {
         await pc.setRemoteDescription(description);
@@ -822,6 +847,7 @@ export class PeerLink extends Emitter {
   restartIce() {
     if (this.closed) return;
     this._enqueue(async () => {
+      if (this.pc.signalingState === "have-local-offer") await this._gathered();
       if (this.pc.signalingState === "have-local-offer") await this.pc.setLocalDescription({ type: "rollback" });
       this.pc.restartIce();
     });
