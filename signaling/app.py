@@ -233,6 +233,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             await ws.prepare(request)  # (no can_prepare() first: it would check the handshake twice)
         except web.HTTPException:  # not a WebSocket handshake: nothing was written yet
             return _json_error(426, "upgrade-required", "this endpoint speaks WebSocket only")
+        except ConnectionResetError:  # the client gave up before its upgrade was answered (a paused node)
+            log.info("a client left before its upgrade was answered")
+            return ws
         await session.run(resume, started)
     finally:
         node.sessions.discard(session)
