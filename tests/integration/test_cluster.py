@@ -9,7 +9,7 @@ import time
 import redis
 
 from signaling.inbox import parse_seq
-from support import Client, join_all
+from support import Client, eventually, join_all
 
 
 async def test_relay_across_nodes_with_receipts(cluster, connect):
@@ -255,3 +255,32 @@ async def test_redis_cluster_failover_is_followed(key_prefix, tmp_path, connect)
         for n in nodes:
             n.stop()
         servers.stop()
+
+
+async def test_a_connection_lost_unprocessed_resumes_from_welcome_seq_on_another_node(cluster, connect,
+                                                                                      redis_server, key_prefix):
+    """Protocol 1.1: frames reached bob's socket on node 1, his app handled none, the
+    connection died: resuming on node 2 from welcome.seq replays exactly those frames."""
+    n1, n2 = await cluster(2)
+    alice = await connect(n1.ws_base, peer="alice")
+    old = await connect(n2.ws_base, peer="bob")
+    await alice.send(type="message", to="bob", data="handled before", id=0)
+    await alice.expect("ack", id=0)
+    await old.expect("message", data="handled before")
+    await old.drop()
+    r = redis.Redis(port=redis_server.port)
+    await eventually(lambda: r.hget(f"{key_prefix}:{{p:bob}}:state", "connected") == b"0")  # node 2 noticed
+    await alice.send(type="message", to="bob", data="queued", id=1)
+    await alice.expect("ack", id=1, queued=True)
+    bob = await connect(n1.ws_base, peer="bob")  # a restarted app: no seq of its own
+    point = bob.welcome["seq"]
+    assert bob.welcome["resumed"] is False and point == old.last_seq
+    await alice.send(type="message", to="bob", data="live", id=2)
+    await alice.expect("ack", id=2)
+    for data in ("queued", "live"):
+        await bob.expect("message", data=data)  # reached the socket; the app handled none of it
+    await bob.drop()
+    again = await connect(n2.ws_base, peer="bob", resume=point)
+    assert again.welcome["resumed"] is True and again.welcome["node"] == "node-2"
+    assert [(await again.expect("message"))["data"] for _ in range(2)] == ["queued", "live"]
+    await again.silent()
