@@ -51,7 +51,7 @@ class Settings:
     # -- cluster ---------------------------------------------------------------------
     redis_url: str = _opt("", "Bus to join: empty or memory:// for the embedded single-node bus; redis://host:port for nodes on one Redis; redis+cluster://host:port[,host:port...] for Redis Cluster (sharded pub/sub).", metavar="URL")
     key_prefix: str = _opt("signaling", "Prefix of every Redis key and channel, so several clusters can share one Redis.")
-    node_ttl: float = _opt(3.0, "A node whose heartbeat is older than this many seconds is dead: its peers enter their grace.")
+    node_ttl: float = _opt(3.0, "Length of a node's lease in Redis: a node that cannot renew it for this many seconds is dead (its peers enter their grace) and closes its own sockets after 80% of it. Keep it above how long a Redis restart or failover takes, or every socket is closed during one.")
     # -- auth ------------------------------------------------------------------------
     jwt_secret: str = _opt("", "HS256 shared secret; turns on JWT auth. Prefer the _FILE form or the environment.", secret=True)
     jwt_secret_file: str = _opt("", "File holding the HS256 secret.", metavar="PATH")
