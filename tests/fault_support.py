@@ -1,8 +1,7 @@
 """Harness of the randomized fault test (tests/integration/test_fault_schedule.py).
 
 - `FaultCluster`: `LocalCluster` (redis-server, N `signaling serve`, nginx) where every
-  node reaches the one Redis through a proxy of its own (`LinkProxy`, a `TcpProxy`
-  whose black hole drops what a closed connection had in flight, as a network would),
+  node reaches the one Redis through a `TcpProxy` of its own (tests/proxy_support.py),
   so one node's Redis link can be reset or black-holed alone; it remembers which nodes
   are SIGSTOPped and SIGCONTs them before stopping anything.
 - `FaultPeer`: one peer id behaving like a good app behind nginx: it reconnects on
@@ -114,95 +113,13 @@ async def wait_any(*events: asyncio.Event, timeout: float | None = None) -> None
 
 # -- the cluster -----------------------------------------------------------------------------
 
-class LinkProxy(TcpProxy):
-    """TcpProxy whose black hole (`stall`) behaves like a dead route under TCP.
-
-    What a side sent while the link was black-holed crosses once the route heals only if
-    that side's connection is still open then (its kernel would still be retransmitting
-    it); the bytes of a connection its sender closed meanwhile (the node's Redis
-    watchdog, a timeout) are dropped, and a connection opened during the black hole and
-    given up before it heals never reaches Redis (its SYN would never have arrived).
-    (TcpProxy delivers held bytes on `heal()` even after their sender is gone, which runs
-    Redis commands a node had already failed, after newer ones: not a network's doing.)"""
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.blocked:
-            writer.transport.abort()
-            return
-        held = bytearray()
-        reading: asyncio.Future[bytes] | None = None
-        if not self._up.is_set():  # black-holed: hold what it sends until the heal, unless it gives up
-            try:
-                while not self._up.is_set():
-                    reading = reading or asyncio.ensure_future(reader.read(65536))
-                    opened = asyncio.ensure_future(self._up.wait())
-                    await asyncio.wait({reading, opened}, return_when=asyncio.FIRST_COMPLETED)
-                    opened.cancel()
-                    if reading.done():
-                        data, reading = reading.result(), None
-                        if not data:
-                            writer.transport.abort()
-                            return
-                        held += data
-            except (ConnectionError, OSError):
-                writer.transport.abort()
-                return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            if reading is not None:
-                reading.cancel()
-            writer.transport.abort()
-            return
-        self.accepted += 1
-        self._transports |= {writer.transport, up_writer.transport}
-        for src, dst, gate, first, pending in ((reader, up_writer, self._up, held, reading),
-                                               (up_reader, writer, self._down, bytearray(), None)):
-            task = asyncio.create_task(self._pipe(src, dst, gate, first, pending))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, gate: asyncio.Event,
-                    held: bytearray | None = None, reading: asyncio.Future[bytes] | None = None) -> None:
-        held = held if held is not None else bytearray()
-        opened: asyncio.Future[Any] | None = None
-        try:
-            while True:
-                if held and gate.is_set():
-                    dst.write(bytes(held))
-                    held.clear()
-                    await dst.drain()
-                if reading is None:
-                    reading = asyncio.ensure_future(src.read(65536))
-                waiting: set[asyncio.Future[Any]] = {reading}
-                if held:  # black-holed with something to send: wake on the heal too
-                    opened = asyncio.ensure_future(gate.wait())
-                    waiting.add(opened)
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if opened is not None:
-                    opened.cancel()
-                    opened = None
-                if reading.done():
-                    data, reading = reading.result(), None
-                    if not data:
-                        break  # the sender is gone: what the black hole held dies with it
-                    held += data
-        except (ConnectionError, OSError, asyncio.CancelledError):
-            pass
-        finally:
-            for future in (reading, opened):
-                if future is not None:
-                    future.cancel()
-            dst.transport.abort()
-
-
 class FaultCluster(LocalCluster):
     """LocalCluster with a TcpProxy per node between the node and Redis."""
 
     def __init__(self, nodes: int = 3, **kwargs: Any) -> None:
         super().__init__(nodes, **kwargs)
-        self.proxies: dict[str, LinkProxy] = {}
-        self._unassigned: list[LinkProxy] = []
+        self.proxies: dict[str, TcpProxy] = {}
+        self._unassigned: list[TcpProxy] = []
         self.paused: set[str] = set()
 
     async def start(self, timeout: float = 30.0) -> None:
@@ -211,7 +128,7 @@ class FaultCluster(LocalCluster):
             await self.redis.start()
             self.external_redis = self.redis.url  # LocalCluster.start must not start another
             for _ in range(self.size):
-                self._unassigned.append(await LinkProxy(self.redis.port).start())
+                self._unassigned.append(await TcpProxy(self.redis.port).start())
         except BaseException:
             await self.stop()
             raise

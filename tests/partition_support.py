@@ -9,7 +9,6 @@ into the cluster's promises, and `Lab` starts and stops (by PID) everything a te
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -406,106 +405,6 @@ def assert_promises(flows: list[tuple[GoodApp, GoodApp, str]], apps: list[GoodAp
     assert not problems, "\n".join(problems + [a.story() for a in apps])
 
 
-class SlowLink(TcpProxy):
-    """A TcpProxy that holds every chunk `delay` seconds in each direction, in order: a node
-    far from its Redis. It widens the gap between the steps of a node's recovery, where a
-    live delivery can overtake the repair, to many messages' worth."""
-
-    def __init__(self, target_port: int, delay: float) -> None:
-        super().__init__(target_port)
-        self.delay = delay
-
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, gate: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-
-        async def forward() -> None:
-            with contextlib.suppress(ConnectionError, OSError):
-                while data := (item := await queue.get())[1]:
-                    await asyncio.sleep(max(0.0, item[0] - loop.time()))
-                    await gate.wait()  # stalled: held, neither delivered nor dropped
-                    dst.write(data)
-                    await dst.drain()
-
-        writer = asyncio.create_task(forward())
-        try:
-            with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
-                while data := await src.read(65536):
-                    queue.put_nowait((loop.time() + self.delay, data))
-                queue.put_nowait((0.0, b""))
-                await writer
-        finally:
-            writer.cancel()
-            dst.transport.abort()
-
-
-@dataclass
-class _Link:
-    """One proxied connection of a CommandLink."""
-
-    client: asyncio.BaseTransport
-    upstream: asyncio.BaseTransport
-    replies: asyncio.Event  # clear: what Redis sends back on this connection is held
-    pubsub: bool = False  # it subscribed: a pub/sub connection, not a command connection
-
-
-class CommandLink(TcpProxy):
-    """A TcpProxy that tells a node's pub/sub connection (it sends SUBSCRIBE) from its
-    command connections, so a test can lose the replies of commands alone while published
-    messages keep flowing: the case where Redis ran a command and only its reply is lost."""
-
-    def __init__(self, target_port: int) -> None:
-        super().__init__(target_port)
-        self.links: list[_Link] = []
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.blocked:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.accepted += 1
-        link = _Link(writer.transport, up_writer.transport, asyncio.Event())
-        link.replies.set()
-        self.links.append(link)
-        self._transports |= {writer.transport, up_writer.transport}
-        for src, dst, upstream in ((reader, up_writer, True), (up_reader, writer, False)):
-            task = asyncio.create_task(self._forward(src, dst, link, upstream))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _forward(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, link: _Link,
-                       upstream: bool) -> None:
-        with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
-            while data := await src.read(65536):
-                if upstream:
-                    if b"\r\nSUBSCRIBE\r\n" in data.upper() or b"\r\nSSUBSCRIBE\r\n" in data.upper():
-                        link.pubsub = True
-                    await self._up.wait()
-                else:
-                    await link.replies.wait()
-                    await self._down.wait()
-                dst.write(data)
-                await dst.drain()
-        dst.transport.abort()
-
-    def hold_replies(self) -> None:
-        """Commands still reach Redis and run; their replies are held. Pub/sub flows on."""
-        for link in self.links:
-            if not link.pubsub:
-                link.replies.clear()
-
-    def drop_commands(self) -> None:
-        """The command connections vanish (held replies with them); pub/sub stays up."""
-        for link in [x for x in self.links if not x.pubsub]:
-            link.client.abort()
-            link.upstream.abort()
-            self.links.remove(link)
-
-
 class Lab:
     """Everything one test starts: its own redis-servers, proxies, node processes and
     apps; `close()` stops each by PID (a paused node is continued first)."""
@@ -524,13 +423,13 @@ class Lab:
 
     async def proxy(self, redis: RedisServer, delay: float = 0.0) -> TcpProxy:
         """A link to `redis` a test can cut or stall (and slow down by `delay` each way)."""
-        proxy = await (SlowLink(redis.port, delay) if delay else TcpProxy(redis.port)).start()
+        proxy = await TcpProxy(redis.port, delay=delay).start()
         self.proxies.append(proxy)
         return proxy
 
-    async def command_link(self, redis: RedisServer) -> CommandLink:
+    async def command_link(self, redis: RedisServer) -> TcpProxy:
         """A link to `redis` whose command connections alone a test can hold or drop."""
-        proxy = await CommandLink(redis.port).start()
+        proxy = await TcpProxy(redis.port).start()
         self.proxies.append(proxy)
         return proxy
 
