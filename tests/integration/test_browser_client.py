@@ -301,12 +301,20 @@ async def test_a_silent_connection_is_abandoned_without_a_close_frame(page):
 RELAY = """
 // Two clients, one relay that plays the server: frames go from one to the other with
 // `from` and `seq`, and are acked. `hold` keeps frames back; `lose` drops matching ones.
+// `log` records every frame relayed (and the links' events, see `explained`).
 window.makePair = async (options = {}) => {
-  const relay = { held: [], hold: false, lose: () => false, seq: 0, sockets: {} };
+  const relay = { held: [], hold: false, lose: () => false, seq: 0, sockets: {}, log: [] };
+  const t0 = performance.now();
+  relay.note = (...what) => relay.log.push([Math.round(performance.now() - t0), ...what].join(" "));
   const pump = (from, frame) => {
     const to = relay.sockets[frame.to];
     relay.sockets[from].deliver({ type: "ack", id: frame.id });
-    if (relay.lose(frame)) return;
+    const c = frame.candidate;
+    const lost = relay.lose(frame);
+    relay.note(`${from}->${frame.to}`, frame.type, frame.offer?.type ?? frame.answer?.type ?? "",
+               frame.type === "candidate" ? (c ? `${c.usernameFragment} ${c.candidate}` : "end") : "",
+               lost ? "LOST" : relay.hold ? "held" : "");
+    if (lost) return;
     const out = { ...frame, from, seq: `1-${++relay.seq}` };
     if (relay.hold) relay.held.push([to, out]); else setTimeout(() => to.deliver(out), 1);
   };
@@ -323,6 +331,36 @@ window.makePair = async (options = {}) => {
   };
   const a = await make("ann"), b = await make("ben");
   return { relay, a, b };
+};
+// The state of a link and its connection, for failure messages.
+window.linkState = (link) => link && {
+  polite: link.polite, makingOffer: link._makingOffer, ignoreOffer: link._ignoreOffer, negotiations: link.negotiations,
+  closed: link.closed, signaling: link.pc.signalingState, gathering: link.pc.iceGatheringState,
+  ice: link.pc.iceConnectionState, connection: link.pc.connectionState, sctp: link.pc.sctp?.state ?? null,
+  local: link.pc.localDescription?.type ?? null, remote: link.pc.remoteDescription?.type ?? null,
+};
+// Run `body` with the links' events in the relay's log; any failure (a bounded wait that ran
+// out) comes back with both links' states, their data channels and every frame relayed.
+window.explained = async (relay, named, channels, body) => {
+  for (const [name, link] of Object.entries(named)) {
+    for (const t of ["state", "negotiated", "error", "closed"]) {
+      link.on(t, (e) => relay.note(name, t, t === "error" ? String(e) : JSON.stringify(e)));
+    }
+  }
+  try {
+    return await body();
+  } catch (err) {
+    const links = Object.fromEntries(Object.entries(named).map(([name, link]) => [name, linkState(link)]));
+    const dc = Object.fromEntries(Object.entries(channels()).map(([name, d]) => [name, d && d.readyState]));
+    throw new Error(`${err.message}\\nlinks: ${JSON.stringify(links)}\\nchannels: ${JSON.stringify(dc)}\\n` +
+                    `frames and events:\\n  ${relay.log.join("\\n  ")}`);
+  }
+};
+// `promise`, or a rejection saying `what` did not happen within `ms`.
+window.within = (what, ms, promise) => {
+  let timer;
+  const late = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`timed out: ${what} (${ms} ms)`)), ms); });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
 };
 window.opened = (channel) => new Promise((resolve) => {
   if (channel.readyState === "open") resolve(); else channel.addEventListener("open", () => resolve(), { once: true });
@@ -342,16 +380,19 @@ async def test_glare_is_resolved_by_the_polite_side(page):
       const la = a.link("ben"), lb = b.link("ann");
       const da = la.pc.createDataChannel("x", { negotiated: true, id: 3 });
       const db = lb.pc.createDataChannel("x", { negotiated: true, id: 3 });
-      await until(() => relay.held.filter(([, f]) => f.type === "offer").length === 2);
-      relay.release();
-      relay.hold = false;
-      await Promise.all([opened(da), opened(db)]);
-      db.onmessage = (e) => db.send("pong:" + e.data);
-      const reply = await echo(da, "ping");
-      // a data channel can open on one side a moment before that side's connectionState says so
-      await until(() => la.pc.connectionState === "connected" && lb.pc.connectionState === "connected", 5000);
-      return { reply, politeA: la.polite, politeB: lb.polite, na: la.negotiations, nb: lb.negotiations,
-               states: [la.pc.connectionState, lb.pc.connectionState] };
+      return await explained(relay, { ann: la, ben: lb }, () => ({ ann: da, ben: db }), async () => {
+        await until(() => relay.held.filter(([, f]) => f.type === "offer").length === 2);
+        relay.note("release");
+        relay.release();
+        relay.hold = false;
+        await within("both data channels open", 15000, Promise.all([opened(da), opened(db)]));
+        db.onmessage = (e) => db.send("pong:" + e.data);
+        const reply = await within("the echo", 5000, echo(da, "ping"));
+        // a data channel can open on one side a moment before that side's connectionState says so
+        await until(() => la.pc.connectionState === "connected" && lb.pc.connectionState === "connected", 5000);
+        return { reply, politeA: la.polite, politeB: lb.polite, na: la.negotiations, nb: lb.negotiations,
+                 states: [la.pc.connectionState, lb.pc.connectionState] };
+      });
     }""")
     assert result["reply"] == "pong:ping"
     assert (result["politeA"], result["politeB"]) == (True, False)  # "ann" < "ben"
