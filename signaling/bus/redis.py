@@ -61,7 +61,7 @@ log = logging.getLogger("signaling.bus.redis")
 PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 NODE_ID = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
 
-ATTACH_WINDOW = 5.0  # s: a handshake whose ATTACH reaches Redis later than this after it began is refused
+ATTACH_WINDOW = 15.0  # s: an ATTACH reaching Redis later after its handshake began is refused (a storm lags)
 LEASE_MARGIN = 0.2  # of node_ttl: the lease runs out here this much before it does in Redis
 RETRY_PAUSE = 0.05  # s: between tries of a send whose first reply was lost
 OFFSET_JITTER = 0.005  # s: how far the estimate of Redis's clock may wander before it is updated
