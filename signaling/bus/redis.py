@@ -796,10 +796,11 @@ class RedisBus(Bus):
         if not live:
             return
         calls = [("REGISTER", list(self._peer_keys(peer)[:3]), [local.epoch, self.node_id, local.last_seq,
-                                                                 self.inbox_limit])
+                                                                 self.inbox_limit, *sorted(local.rooms)])
                  for peer, local in live]
         results = await self._run_scripts(calls)
-        self._check_serving()  # a long round: the lease may have run out meanwhile
+        # what follows is sent whatever happened to the lease meanwhile: a restored peer must
+        # not stay without its place in its rooms (deliveries check the lease themselves)
         restored, refused, gaps = 0, 0, 0
         follow_up: list[Any] = []
         for (peer, local), res in zip(live, results):
@@ -816,12 +817,9 @@ class RedisBus(Bus):
                 for seq, body in res[1]:
                     self._handle(peer, local, envelope.Envelope("d", local.epoch, seq.decode(), body))  # type: ignore[arg-type]
             restored += kind == 2
-            state, inbox, rooms, _ = self._peer_keys(peer)
             follow_up.append(self._cmd("SADD", self._node_peers_key(self.node_id), peer))
             follow_up.append(self._cmd("ZREM", self.grace_key, peer))
-            if local.rooms:
-                follow_up.append(self._cmd("SADD", rooms, *local.rooms))
-                follow_up += [self._cmd("SADD", self._room_key(room), peer) for room in local.rooms]
+            follow_up += [self._cmd("SADD", self._room_key(room), peer) for room in local.rooms]
         await asyncio.gather(*follow_up)
         if restored:
             self._settle_until = time.monotonic() + self.node_ttl

@@ -331,7 +331,8 @@ return 0
 
 # This node holds a live connection of the peer and its lease never lapsed, but it lost
 # its pub/sub connection or Redis lost data (restart, failover to a lagging replica).
-# KEYS: state, inbox, rooms   ARGV: epoch, node, last seq handed to the connection, inbox limit
+# KEYS: state, inbox, rooms   ARGV: epoch, node, last seq handed to the connection, inbox limit, rooms...
+# (its rooms go back into the peer's set in the same step: a resume elsewhere finds them)
 # -> {0} the connection does not own the peer (any more): close it so the client resumes
 #  | {1, replay {{id, body}...}} it owns it: what reached the inbox after last seq, to hand
 #    over before anything newer | {3} it owns it but the bound cut into that gap
@@ -345,6 +346,7 @@ if st[1] then
   if cmp(trimmed, ARGV[3]) > 0 then return {3} end
   local replay = redis.call('XRANGE', inbox, '(' .. ARGV[3], '+')
   for _, key in ipairs({state, inbox, rooms}) do redis.call('PERSIST', key) end
+  if #ARGV > 4 then redis.call('SADD', rooms, unpack(ARGV, 5)) end
   return {1, bodies(replay)}
 end
 local ms, n = string.match(ARGV[3], '^(%d+)-(%d+)$')
@@ -356,6 +358,7 @@ if redis.call('EXISTS', inbox) == 0 then
   local id = redis.call('XADD', inbox, ms .. '-' .. (tonumber(n) + 1), 'b', '', 'k', '')
   redis.call('XDEL', inbox, id)
 end
+if #ARGV > 4 then redis.call('SADD', rooms, unpack(ARGV, 5)) end
 return {2}
 """
 

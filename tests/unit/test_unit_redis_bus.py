@@ -126,3 +126,22 @@ def test_the_hot_path_packs_send_exactly_as_the_generic_packer_would():
         for _ in range(2):  # the second time from the caches
             assert bus._packed_send("b:1", body, None, b"k:1", retry) == anonymous  # noqa: SLF001
             assert bus._packed_send("b:1", body, ("a", 1796136845519990), b"k:1", retry) == fenced  # noqa: SLF001
+
+
+async def test_registering_again_after_redis_lost_everything_puts_the_peer_back_in_its_rooms(redis_server, key_prefix):
+    # the rooms go back with the peer in one script: a resume elsewhere right after finds them
+    import redis.asyncio as aioredis
+
+    bus = RedisBus(redis_server.url, node_id="n1", grace=5, inbox_limit=10, prefix=key_prefix)
+    await bus.start()
+    try:
+        box = Box()
+        bus._local["bob"] = [_Local(box, epoch=7, last_seq="5-0", rooms=frozenset({"r1", "r2"}))]  # noqa: SLF001
+        await bus._register_again()  # noqa: SLF001 - Redis has nothing of bob: restored
+        state, _, rooms, _ = bus._peer_keys("bob")  # noqa: SLF001
+        async with aioredis.from_url(redis_server.url) as r:
+            assert await r.smembers(rooms) == {b"r1", b"r2"}
+            assert await r.sismember(bus._room_key("r1"), "bob")  # noqa: SLF001
+            assert await r.hget(state, "trimmed") == b"5-0"  # a resume from before it has a gap
+    finally:
+        await bus.close()
