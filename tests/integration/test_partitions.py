@@ -131,7 +131,7 @@ async def test_stale_node_does_not_take_a_peer_back_after_an_empty_redis_restart
     node_a, node_b = await lab.node_pair(redis, grace=2)
     alice = await lab.app("alice", node_b)
     bob = await lab.app("bob", node_a, reconnect_to=[node_b])
-    for _ in range(3):  # each new connection replaces the last (4409): bob's epoch on A ends at 4
+    for _ in range(3):  # each new connection replaces the last (4409): with epochs counted from 1, A's is 4
         older = bob.current
         await bob.connect(node_a.ws_base)
         await until(lambda: older.code == 4409, 5, lambda: f"no takeover on A: {bob.story()}")
