@@ -391,6 +391,15 @@ class RedisBus(Bus):
         self._lose_lease("Redis says it ran out (this node's clock runs slow?)")
         raise LeaseLost("the lease ran out in Redis")
 
+    async def _mark_lost(self) -> None:
+        """A resume too recent to have expired found nothing: Redis lost its data. Say so to
+        every node (a node started since may not know an earlier data set existed)."""
+        with contextlib.suppress(RedisError, OSError):
+            era = await self._eval("MARK_LOST", [self.nodes_key], [])
+            if era is not None:
+                self._era_ms, self._era_lost = int(float(era)), True
+                log.warning("a peer's recent state is gone: Redis lost its data")
+
     def _after_loss(self, window: float) -> bool:
         """True within `window` seconds of Redis's data set starting over after a loss."""
         if not self._era_lost:
@@ -437,7 +446,8 @@ class RedisBus(Bus):
         try:
             if len(locals_) == 1:
                 await self._subscribe(channel.encode(), peer)
-            args = [self.node_id, resume or "", self.inbox_limit, peer, began, began + int(ATTACH_WINDOW * 1e6)]
+            args = [self.node_id, resume or "", self.inbox_limit, peer, began, began + int(ATTACH_WINDOW * 1e6),
+                    self._grace_ms]
             async with self._guard():
                 if self.clustered:  # the schedule and the node's set are in other slots
                     registered = self._cmd("SADD", self._node_peers_key(self.node_id), peer)
@@ -455,7 +465,9 @@ class RedisBus(Bus):
         except BaseException:
             await self._forget(peer, local)
             raise
-        epoch, replaced, resumed, replay, members, delivered, point = res
+        epoch, replaced, resumed, replay, members, delivered, point, lost = res
+        if lost and not self._era_lost:
+            await self._mark_lost()
         if int(replaced) >= 0:  # a connection on this node: told now, not when the notice comes round
             for other in list(locals_):
                 if other.epoch == int(replaced):

@@ -76,9 +76,11 @@ end
 """
 
 # KEYS: state, inbox, rooms, channel [, grace schedule, this node's peers]
-# ARGV: node, resume ('' = none), inbox limit, peer, handshake start (us, Redis time), latest start (us)
+# ARGV: node, resume ('' = none), inbox limit, peer, handshake start (us, Redis time), latest start (us),
+#       grace ms
 # -> {-1, why}: refused (why 0: too late, the client has given up; 1: a newer handshake owns the peer)
-#  | {epoch, replaced epoch or -1, resumed 0/1, replay {{id, body}...}, rooms, delivered, resume point}
+#  | {epoch, replaced epoch or -1, resumed 0/1, replay {{id, body}...}, rooms, delivered, resume point,
+#     lost 0/1: a resume from a seq younger than the grace found no state, so Redis lost its data}
 # A handshake that began before the one that owns the peer, or that reaches Redis after its
 # latest start, is refused: a client's abandoned handshake can never take over its newer one.
 ATTACH = _COMMON + """
@@ -90,6 +92,11 @@ if now > tonumber(ARGV[6]) then return {-1, 0} end
 local prev = redis.call('HMGET', state, 'epoch', 'connected', 'delivered', 'trimmed', 'started')
 if prev[5] and tonumber(prev[5]) > started then return {-1, 1} end
 local existed = prev[1] ~= false
+local lost = 0
+if not existed and resume ~= '' then  -- seqs are ms of Redis's clock: a recent one cannot have expired
+  local ms = parse(resume)
+  if ms > 0 and now / 1000 - ms < tonumber(ARGV[7]) then lost = 1 end
+end
 local replaced = -1
 if existed and prev[2] == '1' then replaced = prev[1] end
 local last, first, trimmed = window(inbox, limit, prev[4] or '0-0')
@@ -124,7 +131,7 @@ if KEYS[6] then
   redis.call('ZREM', KEYS[5], ARGV[4])
   redis.call('SADD', KEYS[6], ARGV[4])
 end
-return {epoch, replaced, resumed, bodies(replay), redis.call('SMEMBERS', rooms), delivered, point}
+return {epoch, replaced, resumed, bodies(replay), redis.call('SMEMBERS', rooms), delivered, point, lost}
 """
 
 # KEYS: state, inbox, rooms [, grace schedule]   ARGV: epoch, final 0/1, delivered ('' = unknown), grace ms,
@@ -308,6 +315,14 @@ local lost = redis.call('ZSCORE', nodes, '~lost') and 1 or 0
 return {fmt(us), status, tonumber(era), lost}
 """
 
+# A node found evidence that Redis lost its data (see ATTACH): the current data set began
+# by a loss. KEYS: the nodes zset  -> its era (ms), or false if it has none yet
+MARK_LOST = """
+local era = redis.call('ZSCORE', KEYS[1], '~era')
+if era then redis.call('ZADD', KEYS[1], 'NX', era, '~lost') end
+return era
+"""
+
 # KEYS: the nodes zset   -> {node, end of its lease (ms)...} for leases run out by Redis's clock
 DEAD_NODES = _COMMON + """
 local out = {}
@@ -363,4 +378,4 @@ return {2}
 """
 
 NAMES = ("ATTACH", "DETACH", "ORPHAN", "EXPIRE", "SEND", "OWNS", "JOIN_PEER", "LEAVE_PEER", "JOIN_ROOM",
-         "LEAVE_ROOM", "MEMBERS_IF_IN", "UNSCHEDULE", "DUE", "LEASE", "DEAD_NODES", "FORGET_NODE", "REGISTER")
+         "LEAVE_ROOM", "MEMBERS_IF_IN", "UNSCHEDULE", "DUE", "LEASE", "MARK_LOST", "DEAD_NODES", "FORGET_NODE", "REGISTER")

@@ -145,3 +145,28 @@ async def test_registering_again_after_redis_lost_everything_puts_the_peer_back_
             assert await r.hget(state, "trimmed") == b"5-0"  # a resume from before it has a gap
     finally:
         await bus.close()
+
+
+async def test_a_recent_resume_that_finds_nothing_tells_every_node_that_redis_lost_its_data(redis_server, key_prefix):
+    # a seq is ms of Redis's clock: a resume from one younger than the grace cannot have
+    # expired, so finding no state means Redis lost it; "no such peer" is not trusted then
+    import time
+
+    from signaling.bus import BusUnavailable
+
+    nodes = [RedisBus(redis_server.url, node_id=n, grace=15, inbox_limit=10, prefix=key_prefix) for n in ("n1", "n2")]
+    for bus in nodes:
+        await bus.start()
+    try:
+        first, other = nodes
+        await first.attach("old", Box(), resume="1000-0")  # long expired: no evidence
+        assert (await first.send("nobody", b"{}")).outcome.value == "no-peer"
+        await first.attach("bob", Box(), resume=f"{int(time.time() * 1000) - 2000}-0")
+        with pytest.raises(BusUnavailable):
+            await first.send("nobody", b"{}")
+        await other._renew_lease()  # noqa: SLF001 - the other node learns it at its next lease
+        with pytest.raises(BusUnavailable):
+            await other.send("nobody", b"{}")
+    finally:
+        for bus in nodes:
+            await bus.close()
