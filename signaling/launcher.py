@@ -184,7 +184,8 @@ def _tail(path: Path, lines: int = 30) -> str:
         return ""
 
 
-async def _http_status(http: aiohttp.ClientSession, url: str) -> int | None:
+async def http_status(http: aiohttp.ClientSession, url: str) -> int | None:
+    """The status of GET `url`, or None when nothing answers within 2 s."""
     try:
         async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
             return r.status
@@ -233,7 +234,7 @@ class LocalNode:
                 if not self.running:
                     raise LaunchError(f"{self.node_id} exited with {self.proc and self.proc.poll()}:\n"
                                       f"{_tail(self.log_path)}")
-                if await _http_status(http, f"{self.base}/readyz") == 200:
+                if await http_status(http, f"{self.base}/readyz") == 200:
                     return
                 await asyncio.sleep(0.05)
             raise LaunchError(f"{self.node_id} not ready after {timeout:.0f}s:\n{_tail(self.log_path)}")
@@ -508,7 +509,7 @@ class LocalCluster:
                 proc = self.nginx.proc
                 if proc is None or proc.poll() is not None:
                     raise LaunchError(f"nginx exited with {proc and proc.poll()}:\n{self.nginx.log()}")
-                if await _http_status(http, f"{self.http_endpoint}/healthz") == 200:
+                if await http_status(http, f"{self.http_endpoint}/healthz") == 200:
                     return
                 await asyncio.sleep(0.05)
         raise LaunchError(f"nginx did not answer on {self.http_endpoint}:\n{self.nginx.log()}")

@@ -42,7 +42,7 @@ import aiohttp
 import orjson
 
 from proxy_support import TcpProxy
-from signaling.launcher import LocalCluster, LocalNode, LocalRedis, free_port
+from signaling.launcher import LocalCluster, LocalNode, LocalRedis, free_port, http_status
 
 SEED_ENV, SECONDS_ENV = "SIGNALING_FAULT_SEED", "SIGNALING_FAULT_SECONDS"
 DEFAULT_SECONDS = 60.0
@@ -865,13 +865,6 @@ class FaultInjector:
 
 
 # -- waiting and checking ------------------------------------------------------------------
-
-async def http_status(http: aiohttp.ClientSession, url: str) -> int | None:
-    try:
-        async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
-            return r.status
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-        return None
 
 
 async def readyz(cluster: FaultCluster, http: aiohttp.ClientSession) -> dict[str, int | None]:
