@@ -125,7 +125,7 @@ class RedisBus(Bus):
         self._sender_keys: dict[str, bytes] = {}  # peer -> its state key packed, as a sender (bounded)
         self._send_head = self._send_tail = b""
         self._send_ids = itertools.count(1)
-        self._boot = secrets.token_hex(6)  # this process: with a counter, a key for each send
+        self._send_prefix = secrets.token_hex(6).encode() + b":"  # this process: with a counter, a key per send
         self._settle_until = 0.0  # monotonic; before it, Redis may still miss peers other nodes re-register
         self._lease_until = 0.0  # monotonic: this node may serve until then (0: it holds no lease)
         self._lease_timer: asyncio.TimerHandle | None = None
@@ -521,12 +521,20 @@ class RedisBus(Bus):
 
     # -- messages --------------------------------------------------------------------
     async def send(self, to: str, body: bytes, *, origin: tuple[str, int] | None = None) -> Result:
-        self._check_serving()
-        key = b"%s:%d" % (self._boot.encode(), next(self._send_ids))
+        if time.monotonic() >= self._lease_until:
+            self._check_serving()
+        key = self._send_prefix + b"%d" % next(self._send_ids)
         batcher = self._batcher
         if batcher is not None:  # the hot path: packed from cached pieces straight into the batcher
-            res = await self._until_known(lambda retry: batcher.call_packed(
-                self._packed_send(to, body, origin, key, retry)))
+            try:  # (the first try without the retry loop's closure and frame: this runs per message)
+                res = await batcher.call_packed(self._packed_send(to, body, origin, key, False))
+                self._healthy = True
+            except RedisError as exc:
+                if not _outcome_unknown(exc):
+                    self._healthy = False
+                    raise BusUnavailable(str(exc)) from exc
+                res = await self._until_known(lambda retry: batcher.call_packed(
+                    self._packed_send(to, body, origin, key, True)), retry=True)
         else:
             if origin is not None and not await self._owns(origin):
                 return Result(Outcome.REPLACED)
@@ -542,11 +550,14 @@ class RedisBus(Bus):
             raise BusUnavailable("Redis may have been reset; nodes are registering their peers again")
         return Result((Outcome.NO_PEER, Outcome.DELIVERED, Outcome.QUEUED)[kind])
 
-    async def _until_known(self, attempt: Any) -> Any:
+    async def _until_known(self, attempt: Any, *, retry: bool = False) -> Any:
         """Run `attempt(retry)` until its outcome is known. A first try that certainly did not
         run raises BusUnavailable; one whose reply was lost is tried again with `retry`
-        (the script then finds the first try if it ran) for as long as the lease lasts."""
-        retry = False
+        (the script then finds the first try if it ran) for as long as the lease lasts.
+        `retry`: the first try was made already, and its outcome is unknown."""
+        if retry:
+            await asyncio.sleep(RETRY_PAUSE)
+            self._check_serving()
         while True:
             try:
                 res = await attempt(retry)
@@ -628,7 +639,7 @@ class RedisBus(Bus):
         targets = sorted(m for m in members if m != sender)
         if not targets:
             return []
-        key = b"%s:%d" % (self._boot.encode(), next(self._send_ids))
+        key = self._send_prefix + b"%d" % next(self._send_ids)
         if self._batcher is not None:
             batcher = self._batcher
 
