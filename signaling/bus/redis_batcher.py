@@ -21,7 +21,7 @@ import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
-from .redis_wire import auth_command, open_connection, options, pack
+from .redis_wire import auth_command, open_connection, options, pack, retrieved
 
 __all__ = ["Batcher", "CommandNotSent", "pack"]
 
@@ -115,7 +115,7 @@ class Batcher:
             future.set_exception(NoScriptError(error))
             return
         for text in self._scripts.values():
-            self.call("SCRIPT", "LOAD", text).add_done_callback(_retrieved)
+            self.call("SCRIPT", "LOAD", text).add_done_callback(retrieved)  # (a failure shows in the retry)
         again = self.call_packed(command)
         self._retried.add(again)
 
@@ -217,8 +217,3 @@ class Batcher:
         for future in futures:
             if not future.done():
                 future.set_exception(exc)
-
-
-def _retrieved(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # a failed reload shows in the retried command's own reply

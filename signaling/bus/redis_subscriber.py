@@ -27,7 +27,7 @@ import hiredis
 from redis.exceptions import RedisError
 
 from .base import BusUnavailable
-from .redis_wire import auth_command, open_connection, pack
+from .redis_wire import auth_command, open_connection, pack, retrieved
 
 log = logging.getLogger("signaling.bus.redis")
 
@@ -38,11 +38,6 @@ PING_EVERY = 2.0  # when nothing has been heard for this long
 
 class _Lost(Exception):
     pass
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 class _Protocol(asyncio.Protocol):
@@ -238,7 +233,7 @@ class Subscriber:
         finally:
             # retrieved whatever happens: the failure was raised above, or there was none (a
             # cancelled gather ends with a CancelledError *exception*, reported if never read)
-            done.add_done_callback(_retrieve)
+            done.add_done_callback(retrieved)
             done.cancel()
         if not first:
             self.release()

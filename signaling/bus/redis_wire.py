@@ -58,3 +58,10 @@ async def open_connection(o: dict[str, Any], factory: Callable[[], P]) -> P:
         _, protocol = await loop.create_connection(factory, o.get("host", "localhost"), o.get("port", 6379),
                                                    ssl=context)
     return protocol
+
+
+def retrieved(future: asyncio.Future[Any]) -> None:
+    """Done-callback for a future whose failure is reported elsewhere (or not at all): read
+    its exception so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
