@@ -52,11 +52,6 @@ class MemoryBus(Bus):
         if not final:
             self._expire_later(self.directory.grace)
 
-    async def forget(self, peer: str, epoch: int) -> None:
-        current = self._mailboxes.get(peer)
-        if current is not None and current[0] == epoch:
-            del self._mailboxes[peer]
-
     async def send(self, to: str, body: bytes, *, origin: tuple[str, int] | None = None) -> Result:
         return self._dispatched(self.directory.send(to, body, self.clock(), origin))
 

@@ -471,12 +471,12 @@ class RedisBus(Bus):
         if int(replaced) >= 0:  # a connection on this node: told now, not when the notice comes round
             for other in list(locals_):
                 if other.epoch == int(replaced):
-                    self._handle(peer, other, envelope.Envelope("r", int(replaced)))
+                    self._handle(other, envelope.Envelope("r", int(replaced)))
         local.epoch, local.last_seq = int(epoch), delivered.decode()
         local.rooms = frozenset(m.decode() for m in members) if members else frozenset()
         pending, local.pending = local.pending, []
         for env in pending:
-            self._handle(peer, local, env)
+            self._handle(local, env)
         return Attached(int(epoch), int(replaced) if int(replaced) >= 0 else None, bool(resumed),
                         [(seq.decode(), body) for seq, body in replay], local.rooms, point.decode())
 
@@ -649,9 +649,11 @@ class RedisBus(Bus):
             if origin is not None and not await self._owns(origin):
                 return [[4]]
 
+            keys = [[state, inbox, channel] for state, inbox, _, channel in map(self._peer_keys, targets)]
+
             def attempt(retry: bool) -> list[Any]:
-                return [self._eval("SEND", list(self._peer_keys(m)[:2]) + [self._peer_keys(m)[3]],
-                                   [body, self.inbox_limit, self._ttl_ms, key, "", int(retry)]) for m in targets]
+                args = [body, self.inbox_limit, self._ttl_ms, key, "", int(retry)]
+                return [self._eval("SEND", k, args) for k in keys]
         results = await self._until_known(lambda retry: _all(attempt(retry)))
         ghosts = [m for m, res in zip(targets, results) if res[0] == 0]
         if ghosts and repair and not self._settling():  # left without their rooms being cleaned (a crash mid-way): repair now
@@ -731,7 +733,7 @@ class RedisBus(Bus):
             log.warning("dropping a bad envelope on %r: %s", channel, exc)
             return
         for local in list(self._local.get(peer, ())):
-            self._handle(peer, local, env)
+            self._handle(local, env)
 
     async def _on_reconnect(self, sub: Subscriber) -> None:
         if self.metrics is not None:
@@ -757,7 +759,7 @@ class RedisBus(Bus):
             return []
         return list(await asyncio.gather(*(self._eval(n, k, a) for n, k, a in calls)))
 
-    def _handle(self, peer: str, local: _Local, env: envelope.Envelope) -> None:
+    def _handle(self, local: _Local, env: envelope.Envelope) -> None:
         if local.epoch is None:
             local.pending.append(env)
         elif env.epoch != local.epoch:
@@ -772,8 +774,7 @@ class RedisBus(Bus):
                 self.metrics.publish_latency.observe(max(0.0, time.time() - env.sent_ms / 1000))
             local.mailbox.deliver(env.seq, env.body)
         else:
-            local.mailbox.replaced()
-            asyncio.ensure_future(self._forget(peer, local))  # it gets nothing more, whatever its node does next
+            local.mailbox.replaced()  # its session ends with 4409 and forgets it (Bus.forget)
 
     async def _recover(self) -> None:
         """After Redis comes back (or came back empty): make it agree with what this node
@@ -782,17 +783,12 @@ class RedisBus(Bus):
         self._recovering = True  # until a round succeeds: the heartbeat tries again
         async with self._recovery:
             with self._holding():
-                await self._recover_held()
-
-    async def _recover_held(self) -> None:
-        if not self._lease_until:
-            self._recovering = False
-            return  # this node holds no lease: its connections are closed already
-        self._check_serving()
-        await self._renew_lease()
-        await self._register_again()
-        await self._reconcile()
-        self._healthy = True
+                if self._lease_until:  # (none: its connections are closed already)
+                    self._check_serving()
+                    await self._renew_lease()
+                    await self._register_again()
+                    await self._reconcile()
+                    self._healthy = True
         self._recovering = False
 
     @contextlib.contextmanager
@@ -837,8 +833,9 @@ class RedisBus(Bus):
                 local.mailbox.lost()
                 continue
             if kind == 1:
+                epoch: int = local.epoch  # type: ignore[assignment]  # (only attached connections register)
                 for seq, body in res[1]:
-                    self._handle(peer, local, envelope.Envelope("d", local.epoch, seq.decode(), body))  # type: ignore[arg-type]
+                    self._handle(local, envelope.Envelope("d", epoch, seq.decode(), body))
             restored += kind == 2
             follow_up.append(self._cmd("SADD", self._node_peers_key(self.node_id), peer))
             follow_up.append(self._cmd("ZREM", self.grace_key, peer))
