@@ -57,7 +57,8 @@ async def _registered_with_inbox(redis_server, key_prefix, entries: int, trimmed
     state, inbox, _, _ = bus._peer_keys("bob")  # noqa: SLF001
     async with aioredis.from_url(redis_server.url) as r:
         ids = [(await r.xadd(inbox, {"b": f"m{i}".encode(), "k": b""})).decode() for i in range(entries)]
-        await r.hset(state, mapping={"epoch": 7, "node": "n1", "connected": 1, **({"trimmed": trimmed} if trimmed else {})})
+        await r.hset(state, mapping={"epoch": 7, "node": "n1", "connected": 1,
+                                     **({"trimmed": trimmed} if trimmed else {})})
     box = Box()
     bus._local["bob"] = [_Local(box, epoch=7, last_seq=ids[last])]  # noqa: SLF001
     return bus, box, ids
@@ -129,19 +130,27 @@ def test_the_hot_path_packs_send_exactly_as_the_generic_packer_would():
 
 
 async def test_registering_again_after_redis_lost_everything_puts_the_peer_back_in_its_rooms(redis_server, key_prefix):
-    # the rooms go back with the peer in one script: a resume elsewhere right after finds them
+    # the peer's own rooms go back in the REGISTER script itself, and the rooms' member sets
+    # follow even when the lease ran out during the round (a peer resumable elsewhere but
+    # outside its rooms answered not-in-room for 28 s in a fault run)
+    import time
+
     import redis.asyncio as aioredis
 
     bus = RedisBus(redis_server.url, node_id="n1", grace=5, inbox_limit=10, prefix=key_prefix)
     await bus.start()
     try:
-        box = Box()
-        bus._local["bob"] = [_Local(box, epoch=7, last_seq="5-0", rooms=frozenset({"r1", "r2"}))]  # noqa: SLF001
+        state, inbox, rooms, _ = bus._peer_keys("carol")  # noqa: SLF001
+        assert await bus._eval("REGISTER", [state, inbox, rooms], [7, "n1", "5-0", 10, "r1"]) == [2]  # noqa: SLF001
+        bus._local["bob"] = [_Local(Box(), epoch=7, last_seq="5-0", rooms=frozenset({"r1", "r2"}))]  # noqa: SLF001
+        bus._lease_until = time.monotonic() - 0.001  # noqa: SLF001 - lapsed mid-round
         await bus._register_again()  # noqa: SLF001 - Redis has nothing of bob: restored
         state, _, rooms, _ = bus._peer_keys("bob")  # noqa: SLF001
         async with aioredis.from_url(redis_server.url) as r:
+            assert await r.smembers(bus._peer_keys("carol")[2]) == {b"r1"}  # noqa: SLF001
             assert await r.smembers(rooms) == {b"r1", b"r2"}
-            assert await r.sismember(bus._room_key("r1"), "bob")  # noqa: SLF001
+            for room in ("r1", "r2"):
+                assert await r.sismember(bus._room_key(room), "bob")  # noqa: SLF001
             assert await r.hget(state, "trimmed") == b"5-0"  # a resume from before it has a gap
     finally:
         await bus.close()
