@@ -235,6 +235,41 @@ async def test_a_connection_lost_before_anything_was_processed_resumes_from_welc
     assert result["welcome"] is None and result["got"] == [1, 2] and result["lastSeq"] == "7-5"
 
 
+async def test_a_rejoin_refused_while_the_cluster_reregisters_is_retried(page):
+    # right after Redis lost its data, joins answer `unavailable` for a node TTL: a client
+    # that lost its session (resumed: false) keeps rejoining until the join is taken
+    result = await page.evaluate("""async () => {
+      const c = new sig.SignalingClient("ws://x.test/ws", { peer: "alice", WebSocket: FakeSocket,
+                                                            backoff: { initial: 10, max: 20 } });
+      const errors = [];
+      c.on("error", (e) => errors.push(e.code));
+      c.connect();
+      sockets[0].welcome();
+      await until(() => c.state === "open");
+      const joining = c.join("r1");
+      const first = sockets[0].sent.at(-1);
+      sockets[0].deliver({ type: "joined", room: "r1", peers: [] });
+      sockets[0].deliver({ type: "ack", id: first.id });
+      await joining;
+      sockets[0].drop(1001, "lease lost");
+      await until(() => sockets.length === 2);
+      sockets[1].welcome({ resumed: false });
+      const refused = sockets[1].sent.find((f) => f.type === "join");
+      sockets[1].deliver({ type: "error", code: "unavailable", message: "re-registering", id: refused.id });
+      const t0 = performance.now();
+      await until(() => sockets[1].sent.filter((f) => f.type === "join").length === 2, 3000);
+      const waited = performance.now() - t0;
+      const again = sockets[1].sent.filter((f) => f.type === "join")[1];
+      sockets[1].deliver({ type: "joined", room: "r1", peers: ["bob"] });
+      sockets[1].deliver({ type: "ack", id: again.id });
+      await until(() => c.rooms.get("r1")?.has("bob"));
+      return { waited, errors, rooms: [...c.rooms.keys()], room: again.room };
+    }""")
+    assert result["room"] == "r1" and result["rooms"] == ["r1"]
+    assert result["errors"] == []  # a refused rejoin is retried, not reported
+    assert result["waited"] >= 200  # after a back-off, not at once
+
+
 @pytest.mark.parametrize("code", [1000, 1008, 1009, 4409, 4401])
 async def test_final_close_codes_stop(page, code):
     result = await page.evaluate("""async (code) => {

@@ -257,6 +257,58 @@ async def test_a_frame_left_unacknowledged_is_sent_again_with_its_id(clients):
         await server.close()
 
 
+async def test_a_rejoin_refused_while_the_cluster_reregisters_is_retried(clients):
+    """A scripted node: the client joins r1; its next connection cannot resume (Redis lost
+    its data) and its first rejoin is refused `unavailable`, as for a node TTL after such a
+    loss. The client joins again after a back-off and reports no error."""
+    joins: list[tuple[int, float]] = []  # (connection, monotonic time)
+    connections = 0
+
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        nonlocal connections
+        connections += 1
+        conn = connections
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        await sock.send_str(json.dumps({"type": "welcome", "peer": "p", "node": "n", "iceServers": [],
+                                        "heartbeat": 25, "resumed": False, "seq": "0-0"}))
+        async for msg in sock:
+            if msg.type is not WSMsgType.TEXT:
+                break
+            frame = json.loads(msg.data)
+            if frame["type"] != "join":
+                continue
+            joins.append((conn, time.monotonic()))
+            if conn == 1:
+                await sock.send_str(json.dumps({"type": "joined", "room": "r1", "peers": []}))
+                await sock.send_str(json.dumps({"type": "ack", "id": frame["id"]}))
+                await sock.close(code=1001)  # the node lost its lease
+            elif len(joins) == 2:
+                await sock.send_str(json.dumps({"type": "error", "code": "unavailable", "message": "busy",
+                                                "id": frame["id"]}))
+            else:
+                await sock.send_str(json.dumps({"type": "joined", "room": "r1", "peers": ["bob"]}))
+                await sock.send_str(json.dumps({"type": "ack", "id": frame["id"]}))
+        return sock
+
+    app = web.Application()
+    app.router.add_get("/ws", ws)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        client = clients(f"ws://127.0.0.1:{server.port}/ws", peer="p")
+        errors = collect(client, "error")
+        await client.connect(timeout=5)
+        await client.join("r1")
+        await eventually(lambda: client.rooms.get("r1") == {"bob"}, timeout=5)
+        assert [c for c, _ in joins] == [1, 2, 2]
+        assert joins[2][1] - joins[1][1] >= 0.2  # after a back-off
+        assert errors == []  # a refused rejoin is retried, not reported
+        await client.close()
+    finally:
+        await server.close()
+
+
 async def test_a_drain_moves_the_client_to_another_node(cluster, clients):
     nodes = await cluster(2)
     mover = clients([f"{n.ws_base}/ws" for n in nodes], peer="mover")
