@@ -235,7 +235,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             return _json_error(426, "upgrade-required", "this endpoint speaks WebSocket only")
         except ConnectionResetError:  # the client gave up before its upgrade was answered (a paused node)
             log.info("a client left before its upgrade was answered")
-            return ws
+            # (not `ws`: aiohttp would finish it as an upgrade that never began; writing this
+            # one fails quietly on the closed socket)
+            return _json_error(503, "unavailable", "the client left before its upgrade was answered")
         await session.run(resume, started)
     finally:
         node.sessions.discard(session)
