@@ -349,8 +349,10 @@ async def test_node_logs_stay_clean_through_redis_loss_and_a_pause(lab):
     left on a frozen node, must leave no unretrieved exception, traceback or ERROR in the logs."""
     redis = lab.redis()
     link = await lab.proxy(redis)
-    node_a = await lab.node("A", f"redis://127.0.0.1:{link.port}/0")
-    node_b = await lab.node("B", redis.url)
+    # leases (0.8 x 10 s) that outlast the outage below, so the sockets stay open through it
+    # and the sends meanwhile are answered (with a 1 s TTL the nodes close them after 0.8 s)
+    node_a = await lab.node("A", f"redis://127.0.0.1:{link.port}/0", ttl=10)
+    node_b = await lab.node("B", redis.url, ttl=10)
     alice = await lab.app("alice", node_a, reconnect_to=[node_a, node_b])
     bob = await lab.app("bob", node_b, reconnect_to=[node_b, node_a])
     await talk(alice, "bob", range(0, 3))
