@@ -278,8 +278,11 @@ class GoodApp:
 
     async def send_nowait(self, n: int, *, to: str | None = None, room: str | None = None,
                           stream: str | None = None) -> Sent:
+        # as an app would: a node that lost its lease closed the socket (1001); the app is
+        # reconnecting, and sends once it is back
+        await until(lambda: self.online, 10, lambda: f"{self.peer} is not connected: {self.story()}")
         conn = self.current
-        assert conn is not None and conn.code is None, f"{self.peer} is not connected"
+        assert conn is not None
         stream = stream or (f"to-{to}" if to else f"room-{room}")
         sent = Sent(stream, n, conn.index, time.monotonic())
         self.sent[(stream, n)] = sent
