@@ -51,6 +51,24 @@ async def proxies() -> AsyncIterator[Any]:
         await proxy.close()
 
 
+@pytest.fixture
+async def scripted_node() -> AsyncIterator[Any]:
+    """scripted_node(handler) -> the ws URL of a node whose /ws is `handler` (a test plays the server)."""
+    servers: list[TestServer] = []
+
+    async def start(handler: Any) -> str:
+        app = web.Application()
+        app.router.add_get("/ws", handler)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return f"ws://127.0.0.1:{server.port}/ws"
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
 def collect(client: SignalingClient, *events: str) -> list[tuple[str, Any]]:
     seen: list[tuple[str, Any]] = []
     for event in events:
@@ -214,7 +232,7 @@ async def test_a_connection_lost_before_its_app_handled_anything_resumes_from_we
     assert seen[-1][1]["resumed"] is True and not [e for e, _ in seen if e == "resync"]
 
 
-async def test_a_frame_left_unacknowledged_is_sent_again_with_its_id(clients):
+async def test_a_frame_left_unacknowledged_is_sent_again_with_its_id(clients, scripted_node):
     """A scripted node: the first connection swallows a frame and vanishes, the second
     acks it. The client sends it again, same id, after the new welcome; `resume` says
     what it processed."""
@@ -240,24 +258,17 @@ async def test_a_frame_left_unacknowledged_is_sent_again_with_its_id(clients):
             await sock.send_str(json.dumps({"type": "ack", "id": frame["id"]}))
         return sock
 
-    app = web.Application()
-    app.router.add_get("/ws", ws)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        client = clients(f"ws://127.0.0.1:{server.port}/ws", peer="p")
-        await client.connect(timeout=5)
-        await eventually(lambda: client.last_seq == "5-0")
-        ack = await asyncio.wait_for(client.message("important", to="q"), 5)
-        first, second = connections[0]["frames"][0], connections[1]["frames"][0]
-        assert first == second and ack.id == first["id"]
-        assert connections[1]["query"] == {"peer": "p", "resume": "5-0"}
-        await client.close()
-    finally:
-        await server.close()
+    client = clients(await scripted_node(ws), peer="p")
+    await client.connect(timeout=5)
+    await eventually(lambda: client.last_seq == "5-0")
+    ack = await asyncio.wait_for(client.message("important", to="q"), 5)
+    first, second = connections[0]["frames"][0], connections[1]["frames"][0]
+    assert first == second and ack.id == first["id"]
+    assert connections[1]["query"] == {"peer": "p", "resume": "5-0"}
+    await client.close()
 
 
-async def test_a_rejoin_refused_while_the_cluster_reregisters_is_retried(clients):
+async def test_a_rejoin_refused_while_the_cluster_reregisters_is_retried(clients, scripted_node):
     """A scripted node: the client joins r1; its next connection cannot resume (Redis lost
     its data) and its first rejoin is refused `unavailable`, as for a node TTL after such a
     loss. The client joins again after a back-off and reports no error."""
@@ -291,22 +302,15 @@ async def test_a_rejoin_refused_while_the_cluster_reregisters_is_retried(clients
                 await sock.send_str(json.dumps({"type": "ack", "id": frame["id"]}))
         return sock
 
-    app = web.Application()
-    app.router.add_get("/ws", ws)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        client = clients(f"ws://127.0.0.1:{server.port}/ws", peer="p")
-        errors = collect(client, "error")
-        await client.connect(timeout=5)
-        await client.join("r1")
-        await eventually(lambda: client.rooms.get("r1") == {"bob"}, timeout=5)
-        assert [c for c, _ in joins] == [1, 2, 2]
-        assert joins[2][1] - joins[1][1] >= 0.2  # after a back-off
-        assert errors == []  # a refused rejoin is retried, not reported
-        await client.close()
-    finally:
-        await server.close()
+    client = clients(await scripted_node(ws), peer="p")
+    errors = collect(client, "error")
+    await client.connect(timeout=5)
+    await client.join("r1")
+    await eventually(lambda: client.rooms.get("r1") == {"bob"}, timeout=5)
+    assert [c for c, _ in joins] == [1, 2, 2]
+    assert joins[2][1] - joins[1][1] >= 0.2  # after a back-off
+    assert errors == []  # a refused rejoin is retried, not reported
+    await client.close()
 
 
 async def test_a_drain_moves_the_client_to_another_node(cluster, clients):
