@@ -130,6 +130,7 @@ class RedisBus(Bus):
         self._lease_until = 0.0  # monotonic: this node may serve until then (0: it holds no lease)
         self._lease_timer: asyncio.TimerHandle | None = None
         self._offset_us = 0.0  # Redis's clock minus this node's monotonic clock, in us (from lease replies)
+        self._offset_rtt = 0.0  # s: the round trip the estimate came from (0: none yet)
         self._era_ms = 0  # when Redis's data set began (Redis's clock), from lease replies
         self._era_lost = False  # it began by losing an earlier one that nodes were serving from
         self._tasks: list[asyncio.Task[None]] = []
@@ -328,11 +329,19 @@ class RedisBus(Bus):
         if until <= received:
             return  # granted, but too late to use: the next step takes a new one
         # Redis read its clock between `sent` and `received`: the midpoint is at most half a
-        # round trip off. Kept while it moves less than OFFSET_JITTER, so the handshakes of
-        # this node are ordered by its monotonic clock alone (see attach)
-        offset = redis_us - (sent + received) / 2 * 1e6
-        if abs(offset - self._offset_us) > OFFSET_JITTER * 1e6:
-            self._offset_us = offset
+        # round trip off, so a sample is taken only from a round trip no slower than the one
+        # the estimate came from (a reply held up by a stalled link put it 0.65 s ahead, and an
+        # abandoned handshake then looked newer than the client's next one); the bar eases 10 %
+        # a lease so the estimate can follow drift. Kept while it moves less than OFFSET_JITTER,
+        # so the handshakes of this node are ordered by its monotonic clock alone (see attach)
+        rtt = received - sent
+        if not self._offset_rtt or rtt <= self._offset_rtt:
+            offset = redis_us - (sent + received) / 2 * 1e6
+            if abs(offset - self._offset_us) > OFFSET_JITTER * 1e6:
+                self._offset_us = offset
+            self._offset_rtt = max(rtt, 0.001)
+        else:
+            self._offset_rtt *= 1.1
         self._lease_until = until
         if self._lease_timer is not None:
             self._lease_timer.cancel()

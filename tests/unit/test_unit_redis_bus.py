@@ -179,3 +179,19 @@ async def test_a_recent_resume_that_finds_nothing_tells_every_node_that_redis_lo
     finally:
         for bus in nodes:
             await bus.close()
+
+
+async def test_the_estimate_of_redis_clock_ignores_a_reply_held_up_on_the_way():
+    # a lease reply that sat in a stalled link would put the estimate ahead by half the
+    # stall: a node's abandoned handshake then looked newer than its client's next one
+    import time
+
+    bus = RedisBus("redis://127.0.0.1:1/0", node_id="n1", grace=5, inbox_limit=10, node_ttl=3.0)
+    now = time.monotonic()
+    bus._held_lease(now - 0.002, int(now * 1e6) + 10**9)  # noqa: SLF001 - a quick round trip: Redis 1000 s ahead
+    good = bus._redis_time_us(now)  # noqa: SLF001
+    assert abs(good - (now * 1e6 + 10**9)) < 2000
+    bus._held_lease(now - 1.3, int(now * 1e6) + 10**9)  # noqa: SLF001 - 1.3 s round trip, executed at its end
+    assert bus._redis_time_us(now) == good  # noqa: SLF001 - the slow sample is not taken
+    if bus._lease_timer is not None:  # noqa: SLF001
+        bus._lease_timer.cancel()  # noqa: SLF001
