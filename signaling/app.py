@@ -25,7 +25,7 @@ from .auth import AuthError, Verifier, ice_servers
 from .config import Settings
 from .core import Limits
 from .expiry import Expiries
-from .inbox import parse_seq
+from .inbox import parse_resume
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import CloseCode
 from .session import Session
@@ -205,7 +205,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         node.metrics.rejected.labels("full").inc()
         return _json_error(503, "unavailable", "this node is at its connection limit; retry later")
     resume = request.query.get("resume")
-    if resume is not None and parse_seq(resume) is None:
+    if resume is not None and parse_resume(resume, time.time()) is None:
         node.metrics.rejected.labels("bad-request").inc()
         return _json_error(400, "bad-request", "`resume` must be a seq this server sent")
     token = request.query.get("token")

@@ -27,6 +27,25 @@ def parse_seq(text: str | None) -> Seq | None:
     return seq
 
 
+RESUME_FUTURE_MS = 86_400_000  # a resume may be this far ahead of the node's clock (Redis's may run ahead)
+LUA_EXACT = 1 << 53  # the scripts compare seqs as Lua numbers (doubles): exact below this
+
+
+def parse_resume(text: str, now: float) -> Seq | None:
+    """A client's `resume`: a seq in the shape and range the server hands out, or None.
+
+    Stricter than `parse_seq`: written as the server writes it (no leading zeros), each
+    part below 2^53 (what the Redis scripts compare exactly), and not from the future
+    (beyond a day ahead of `now`, seconds: clocks differ, a day does not). Anything else
+    never reaches Redis, where it could make a script fail."""
+    seq = parse_seq(text)
+    if seq is None or format_seq(seq) != text:
+        return None
+    if seq[0] >= LUA_EXACT or seq[1] >= LUA_EXACT or seq[0] > now * 1000 + RESUME_FUTURE_MS:
+        return None
+    return seq
+
+
 def seq_key(text: str) -> Seq:
     """`parse_seq` for a seq the bus made (trusted, well formed): no checks."""
     ms, _, n = text.partition("-")

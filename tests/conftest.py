@@ -36,3 +36,43 @@ def redis_cluster(tmp_path_factory) -> Iterator["RedisClusterServers"]:
     servers = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
     yield servers
     servers.stop()
+
+
+@pytest.fixture
+def processes(tmp_path):
+    """processes(*flags, env=...) -> a started `signaling serve` process, stopped after the test."""
+    from support import NodeProcess
+
+    started: list[NodeProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> NodeProcess:
+        node = NodeProcess(*args, env=env).start(tmp_path)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture
+async def cluster(redis_server, key_prefix, tmp_path):
+    """cluster(n, **flags) -> n real `signaling serve` processes on one real redis-server."""
+    from support import NodeProcess
+
+    started: list[NodeProcess] = []
+
+    async def start(n: int, *args: str) -> list[NodeProcess]:
+        nodes = []
+        for i in range(n):
+            node = NodeProcess("--redis-url", redis_server.url, "--key-prefix", key_prefix,
+                               "--node-id", f"node-{len(started) + 1}", *args).start(tmp_path)
+            started.append(node)
+            nodes.append(node)
+        for node in nodes:
+            await node.wait_ready()
+        return nodes
+
+    yield start
+    for node in started:
+        node.stop()

@@ -45,11 +45,12 @@ from typing import Any, AsyncIterator, Iterator
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import envelope
 from ..directory import Attached, Outcome, Result
+from ..inbox import seq_key
 from ..protocol import room_event
 from . import redis_scripts as lua
 from . import redis_wire
@@ -64,6 +65,7 @@ NODE_ID = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
 ATTACH_WINDOW = 15.0  # s: an ATTACH reaching Redis later after its handshake began is refused (a storm lags)
 LEASE_MARGIN = 0.2  # of node_ttl: the lease runs out here this much before it does in Redis
 RETRY_PAUSE = 0.05  # s: between tries of a send whose first reply was lost
+AUDIT_BATCH = 500  # peer states the sweeper checks a sweep (see _audit)
 OFFSET_JITTER = 0.005  # s: how far the estimate of Redis's clock may wander before it is updated
 
 
@@ -91,6 +93,18 @@ def cluster_nodes(url: str) -> list[tuple[str, int]]:
 
 
 _CONNECTION = dict(socket_timeout=5, socket_connect_timeout=2, health_check_interval=2, retry_on_timeout=False)
+
+
+# replies that say Redis (or the link) cannot serve anyone right now; every other error
+# reply (a full Redis, a script refusing its data) fails the one request that caused it
+_NODE_LEVEL = ("LOADING", "READONLY", "NOSCRIPT", "MASTERDOWN", "CLUSTERDOWN", "NOPERM", "NOAUTH", "WRONGPASS",
+               "BUSY", "TRYAGAIN", "MOVED", "ASK", "Client sent AUTH", "Redis is loading")
+
+
+def _request_error(exc: BaseException) -> bool:
+    """True when `exc` is Redis refusing this one request (OOM, a script's error): the
+    request fails, the node stays healthy."""
+    return type(exc) in (ResponseError, OutOfMemoryError) and not str(exc).startswith(_NODE_LEVEL)
 
 
 def _outcome_unknown(exc: BaseException) -> bool:
@@ -137,6 +151,7 @@ class RedisBus(Bus):
         self._expired = 0
         self._detach_failed = False  # a detach could not reach Redis: reconcile at the next heartbeat
         self._recovering = False  # a recovery round is due (the last one failed part-way)
+        self._audit_cursor = 0  # where the sweeper's walk over peer states is
         self._loop: asyncio.AbstractEventLoop | None = None
         self.nodes_key = f"{prefix}:nodes"  # zset: node id -> end of its lease (ms, Redis's clock)
         self.grace_key = f"{prefix}:grace"  # zset: peer id -> end of its grace (ms, Redis's clock)
@@ -304,7 +319,8 @@ class RedisBus(Bus):
         try:
             yield self._redis
         except (RedisError, OSError) as exc:
-            self._healthy = False
+            if not _request_error(exc):
+                self._healthy = False
             raise BusUnavailable(str(exc)) from exc
         self._healthy = True
 
@@ -475,7 +491,9 @@ class RedisBus(Bus):
             await self._forget(peer, local)
             raise
         epoch, replaced, resumed, replay, members, delivered, point, lost = res
-        if lost and not self._era_lost:
+        # evidence only from a seq older than this data set (a client can write any seq; one
+        # from before the data set began can only be a server's from the lost one)
+        if lost and not self._era_lost and resume and seq_key(resume)[0] < self._era_ms:
             await self._mark_lost()
         if int(replaced) >= 0:  # a connection on this node: told now, not when the notice comes round
             for other in list(locals_):
@@ -540,7 +558,7 @@ class RedisBus(Bus):
                 self._healthy = True
             except RedisError as exc:
                 if not _outcome_unknown(exc):
-                    self._healthy = False
+                    self._healthy = self._healthy and _request_error(exc)
                     raise BusUnavailable(str(exc)) from exc
                 res = await self._until_known(lambda retry: batcher.call_packed(
                     self._packed_send(to, body, origin, key, True)), retry=True)
@@ -572,7 +590,7 @@ class RedisBus(Bus):
                 res = await attempt(retry)
             except RedisError as exc:
                 if not retry and not _outcome_unknown(exc):
-                    self._healthy = False
+                    self._healthy = self._healthy and _request_error(exc)
                     raise BusUnavailable(str(exc)) from exc
                 retry = True
                 log.info("a send's outcome is unknown (%s); trying again", exc)
@@ -923,6 +941,38 @@ class RedisBus(Bus):
                 _, rooms, undelivered = gone
                 self._expired += int(undelivered)
                 await self._leave_all(peer, [m.decode() for m in rooms])
+        await self._audit()
+
+    async def _audit(self) -> None:
+        """3. A step of a slow walk over every peer's state (SCAN, AUDIT_BATCH keys a
+        sweep): a peer marked connected to a node that has no lease entry, or to this node
+        without a connection here, starts its grace; a reconnecting peer with no expiry
+        gets one. No path leaves such ghosts; this repairs them whatever made them.
+        (One Redis only for now: on Redis Cluster the walk would go shard by shard.)"""
+        if self.clustered:
+            return
+        cursor, keys = await self._cmd("SCAN", self._audit_cursor, "MATCH", f"{self.prefix}:{{p:*}}:state",
+                                       "COUNT", AUDIT_BATCH)
+        self._audit_cursor = int(cursor)
+        if not keys:
+            return
+        live_nodes = {n.decode() for n in await self._cmd("ZRANGE", self.nodes_key, 0, -1)}
+        states = await asyncio.gather(*(self._cmd("HMGET", k, "node", "connected") for k in keys),
+                                      *(self._cmd("PTTL", k) for k in keys))
+        head, tail = len(self.prefix) + 4, len("}:state")
+        ghosts: dict[str, list[str]] = {}
+        for key, (node, connected), ttl in zip(keys, states[:len(keys)], states[len(keys):]):
+            peer = key.decode()[head:-tail]
+            if connected == b"1" and node is not None:
+                owner = node.decode()
+                if owner not in live_nodes or (owner == self.node_id and peer not in self._local):
+                    ghosts.setdefault(owner, []).append(peer)
+            elif connected == b"0" and int(ttl) == -1:
+                await self._cmd("ZADD", self.grace_key, "NX", 0, peer)  # EXPIRE keeps its real deadline
+        for owner, peers in ghosts.items():
+            gone = await self._orphan(owner, peers, None)
+            log.warning("%d peers were marked connected to %s, which does not hold them: their grace runs now",
+                        len(gone), owner)
 
 
 def _fence(epoch: int | None) -> str:

@@ -22,8 +22,14 @@ microseconds of that clock (one more than the last epoch if the clock has not mo
 past it), so they keep increasing when Redis restarts empty: a connection from before
 the loss can never carry the epoch of one made after it.
 
-Every script does all of its reads and checks before its first write.
+Every script does all of its reads and checks before its first write. Scripts that
+only keep the cluster alive or shrink it (leases, detaches, expiry, recovery) are
+flagged `allow-oom`: a full Redis refuses new messages and connections, never a
+node's lease or a peer's way out. The others are refused by a full Redis before
+their first write.
 """
+
+_KEEPS_ALIVE = "#!lua flags=allow-oom\n"  # a shebang: the first line of the script
 
 _COMMON = """
 local function time_us()
@@ -136,7 +142,7 @@ return {epoch, replaced, resumed, bodies(replay), redis.call('SMEMBERS', rooms),
 
 # KEYS: state, inbox, rooms [, grace schedule]   ARGV: epoch, final 0/1, delivered ('' = unknown), grace ms,
 # ttl ms, peer  -> {0} stale | {1, deadline ms} reconnecting | {2, rooms} gone
-DETACH = _COMMON + """
+DETACH = _KEEPS_ALIVE + _COMMON + """
 local state, inbox, rooms = KEYS[1], KEYS[2], KEYS[3]
 local st = redis.call('HMGET', state, 'epoch', 'connected')
 if st[1] ~= ARGV[1] or st[2] ~= '1' then return {0} end
@@ -158,7 +164,7 @@ return {1, deadline}
 # ARGV: dead node, grace ms, ttl ms, peer, end of that node's lease (us; '' = any connection)
 # -> the end of the peer's grace (ms) | 0 not that node's (any more) | -1 a connection made
 #    there after that lease (the node is back with a new one: not ours to orphan)
-ORPHAN = _COMMON + """
+ORPHAN = _KEEPS_ALIVE + _COMMON + """
 local state, inbox, rooms = KEYS[1], KEYS[2], KEYS[3]
 local st = redis.call('HMGET', state, 'node', 'connected', 'epoch')
 if st[1] ~= ARGV[1] or st[2] ~= '1' then return 0 end
@@ -172,11 +178,12 @@ return deadline
 
 # The grace ran out. KEYS: state, inbox, rooms
 # -> false (connected, or gone already) | {0, deadline ms} not yet | {1, rooms, undelivered count}
-EXPIRE = _COMMON + """
+EXPIRE = _KEEPS_ALIVE + _COMMON + """
 local state, inbox, rooms = KEYS[1], KEYS[2], KEYS[3]
 local st = redis.call('HMGET', state, 'connected', 'deadline', 'delivered')
 if st[1] ~= '0' then return false end
-if tonumber(st[2]) > time_ms() then return {0, tonumber(st[2])} end
+local deadline = tonumber(st[2] or '0') or 0  -- (a state written by no path of ours has none)
+if deadline > time_ms() then return {0, deadline} end
 local undelivered = #redis.call('XRANGE', inbox, '(' .. (st[3] or '0-0'), '+')
 local r = redis.call('SMEMBERS', rooms)
 redis.call('DEL', state, inbox, rooms)
@@ -274,7 +281,7 @@ return redis.call('SMEMBERS', KEYS[1])
 
 # KEYS: the grace zset   ARGV: peer  -> removes the entry only if it is still due
 # (a peer that reconnected and dropped again meanwhile has a later deadline to keep)
-UNSCHEDULE = _COMMON + """
+UNSCHEDULE = _KEEPS_ALIVE + _COMMON + """
 local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if due and tonumber(due) <= time_ms() then redis.call('ZREM', KEYS[1], ARGV[1]) end
 return 0
@@ -292,7 +299,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', time_ms(), 'LIMIT', 0, tonum
 #       the era the node knew ('' = none: it never held a lease)
 # -> {now us, status, era ms, lost 0/1}; status 1: held until now + lease | 0: absent (Redis
 #    lost it) | -1: it had run out
-LEASE = _COMMON + """
+LEASE = _KEEPS_ALIVE + _COMMON + """
 local nodes = KEYS[1]
 local us = time_us()
 local now = math.floor(us / 1000)
@@ -317,7 +324,7 @@ return {fmt(us), status, tonumber(era), lost}
 
 # A node found evidence that Redis lost its data (see ATTACH): the current data set began
 # by a loss. KEYS: the nodes zset  -> its era (ms), or false if it has none yet
-MARK_LOST = """
+MARK_LOST = _KEEPS_ALIVE + """
 local era = redis.call('ZSCORE', KEYS[1], '~era')
 if era then redis.call('ZADD', KEYS[1], 'NX', era, '~lost') end
 return era
@@ -338,7 +345,7 @@ return out
 
 # KEYS: the nodes zset   ARGV: node -> drops it only if its lease is still out (it may have
 # taken a new one since the sweeper read it)
-FORGET_NODE = _COMMON + """
+FORGET_NODE = _KEEPS_ALIVE + _COMMON + """
 local until_ = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if until_ and tonumber(until_) < time_ms() then redis.call('ZREM', KEYS[1], ARGV[1]) end
 return 0
@@ -352,7 +359,7 @@ return 0
 #  | {1, replay {{id, body}...}} it owns it: what reached the inbox after last seq, to hand
 #    over before anything newer | {3} it owns it but the bound cut into that gap
 #  | {2} restored from nothing (new seqs follow last seq; a resume from before it has a gap)
-REGISTER = _COMMON + """
+REGISTER = _KEEPS_ALIVE + _COMMON + """
 local state, inbox, rooms = KEYS[1], KEYS[2], KEYS[3]
 local st = redis.call('HMGET', state, 'epoch', 'connected', 'node', 'trimmed')
 if st[1] then

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from signaling.inbox import ZERO, Inbox, format_seq, parse_seq
+from signaling.inbox import LUA_EXACT, RESUME_FUTURE_MS, ZERO, Inbox, format_seq, parse_resume, parse_seq
 
 
 # -- seq strings ---------------------------------------------------------------------
@@ -116,3 +116,28 @@ def test_empty_inbox_covers_only_zero():
     box = Inbox(limit=2)
     assert box.covers(ZERO)
     assert not box.covers((1, 0))
+
+
+NOW = 1_800_000_000.0  # seconds
+
+
+@pytest.mark.parametrize("text", ["0-0", "1800000000000-0", "1800000000000-17", format_seq((int(NOW * 1000) + RESUME_FUTURE_MS, 0))])
+def test_parse_resume_takes_seqs_as_the_server_writes_them(text):
+    assert parse_resume(text, NOW) == parse_seq(text)
+
+
+@pytest.mark.parametrize("text", [
+    "0-18446744073709551615", "18446744073709551615-0",   # valid stream ids, beyond what the scripts compare
+    f"1-{LUA_EXACT}", f"{LUA_EXACT}-0",
+    format_seq((int(NOW * 1000) + RESUME_FUTURE_MS + 1, 0)),  # from the future
+    "01-1", "1-01", "00-0",                                # not as the server writes them
+    "", "1", "-1", "1-", "a-b", "1-1-1",
+])
+def test_parse_resume_refuses_what_no_server_sent(text):
+    assert parse_resume(text, NOW) is None
+
+
+@given(st.text(max_size=50))
+def test_parse_resume_is_parse_seq_or_stricter(text):
+    got = parse_resume(text, NOW)
+    assert got is None or got == parse_seq(text)
