@@ -131,7 +131,10 @@ class Session:
         life, ~250 bytes a connection.) `started`: when the handshake began (monotonic)."""
         ws = self.ws
         try:
-            self._start(await self.node.bus.attach(self.peer, self, resume, started=started))  # (no local: it would live on)
+            revoked = self._start(await self.node.bus.attach(self.peer, self, resume, started=started))
+            if revoked:
+                await self._revoke(revoked)
+            revoked = ()  # (the attach itself is no local: this frame lives as long as the connection)
             while True:
                 msg = await ws.receive()
                 self.heard = True
@@ -182,10 +185,14 @@ class Session:
             cleanup.add_done_callback(self.node.cleanups.discard)
             await asyncio.shield(cleanup)
 
-    def _start(self, attached: Attached) -> None:
+    def _start(self, attached: Attached) -> tuple[str, ...]:
+        """Welcome the client and hand it what waited; return the rooms it kept that its
+        token no longer grants (a resume, reconnect or takeover with a narrower token)."""
         self.epoch = attached.epoch
+        revoked: tuple[str, ...] = ()
         if attached.rooms:
-            self.core.rooms = self.core.rooms | attached.rooms
+            revoked = tuple(sorted(r for r in attached.rooms if not core.room_allowed(self.core.grants, r)))
+            self.core.rooms = self.core.rooms | (attached.rooms - set(revoked))
         s = self.node.settings
         ice = self.node.ice_servers(self.peer)
         heartbeat = int(s.heartbeat) if float(s.heartbeat).is_integer() else s.heartbeat
@@ -199,6 +206,18 @@ class Session:
         self._pending = None
         if self.identity.expires is not None:
             self.node.expiries.add(self, self.identity.expires)
+        return revoked
+
+    async def _revoke(self, rooms: tuple[str, ...]) -> None:
+        """Leave `rooms` (the others get `peer-left`) and tell this client with `left`."""
+        for room in rooms:
+            try:
+                await self.node.bus.leave(self.peer, room, epoch=self.epoch)
+            except BusUnavailable:
+                log.warning("bus unavailable while taking %s out of a room its token no longer grants", self.peer)
+                self.close(CloseCode.INTERNAL, "cluster unavailable; reconnect later")
+                return
+            self._reply(core.Reply(p.left(room), "left"))
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Close this connection with `code` (idempotent, non-blocking)."""
