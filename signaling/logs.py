@@ -51,7 +51,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key in ("peer", "node", "code", "remote", "path", "status"):
+        for key in ("peer", "node", "code", "remote", "path", "status", "host", "forwarded_proto"):
             if hasattr(record, key):
                 out[key] = getattr(record, key)
         if record.exc_info:
@@ -76,9 +76,12 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: BaseRequest, response: StreamResponse, time_taken: float) -> None:
         remote = request.remote or "-"
+        # What the proxy in front forwarded, as received (request.host would resolve a missing Host)
+        extra = {"remote": remote, "path": request.path, "status": response.status,
+                 "host": request.headers.get("Host"), "forwarded_proto": request.headers.get("X-Forwarded-Proto")}
         self.logger.info(
             "%s %s %s %d %.1fms", remote, request.method, request.path, response.status, time_taken * 1000,
-            extra={"remote": remote, "path": request.path, "status": response.status},
+            extra=extra,
         )
 
 

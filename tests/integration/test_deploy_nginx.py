@@ -127,9 +127,9 @@ async def test_production_config_terminates_tls_redirects_http_and_keeps_tokens_
     logs = e["nginx"].log()
     assert '"path":"/ws"' in logs and token not in logs and "c2VjcmV0" not in logs
     node_log = e["node"].log()
-    # nginx appended the address it saw; the node trusts nginx (127.0.0.1), so the client is
-    # the hop before it: what the client sent, because this test's client is on 127.0.0.1 too
-    assert "198.51.100.7 GET /healthz 200" in node_log
+    # nginx replaced the client's X-Forwarded-For with the address it saw: the node trusts
+    # nginx (127.0.0.1), and even a client on a trusted address cannot name another one
+    assert "127.0.0.1 GET /healthz 200" in node_log and "198.51.100.7" not in node_log
     assert "127.0.0.1 GET /ws 101" in node_log
 
 

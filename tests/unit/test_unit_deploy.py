@@ -294,7 +294,19 @@ def test_nginx_proxies_websockets_correctly():
     assert re.search(r"map \$http_upgrade \$connection_upgrade \{\s*default upgrade;\s*''\s+close;", text)
     assert "least_conn;" in text
     assert "proxy_set_header X-Real-IP $remote_addr;" in text
-    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in text
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in text  # replaced: a client's own is never believed
+
+
+def test_nginx_every_proxied_location_sets_the_forwarding_headers():
+    # a location with any proxy_set_header of its own inherits none from the server level
+    text = (NGINX / "templates" / "snippets" / "signaling-locations.conf.template").read_text()
+    blocks = dict(re.findall(r"^location ([^{]+?) \{(.*?)^\}", text, re.M | re.S))
+    proxied = {name: body for name, body in blocks.items() if "proxy_pass" in body}
+    assert set(proxied) == {"= /ws", "= /healthz", "/"}
+    for name, body in proxied.items():
+        for header in ("Host $host", "X-Real-IP $remote_addr", "X-Forwarded-For $remote_addr",
+                       "X-Forwarded-Proto $scheme"):
+            assert f"proxy_set_header {header};" in body, (name, header)
 
 
 def test_nginx_timeouts_are_above_the_heartbeat():
