@@ -110,7 +110,7 @@ def _our_node(index: int, redis_url: str, workdir: Path, extra: list[str]) -> tu
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "SIGNALING_JWT_SECRET": JWT_SECRET,
            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     argv = [sys.executable, "-m", "signaling", "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--node-id", f"bench-{index}", "--rate", "1000000", "--burst", "1000000",
+            "--node-id", f"bench-{index}", "--rate", "1000000", "--burst", "1000000", "--byte-rate", "1e12", "--byte-burst", str(10**12),
             "--max-connections", "50000", "--backlog", "4096", "--log-level", "warning", *extra]
     if redis_url:
         argv += ["--redis-url", redis_url]

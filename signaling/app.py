@@ -23,11 +23,12 @@ from aiohttp import web
 from . import bus as buses
 from .auth import AuthError, Verifier, ice_servers
 from .config import Settings
-from .core import Limits
+from .connections import Connections
 from .expiry import Expiries
 from .inbox import parse_resume
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import CloseCode
+from .quota import Quotas
 from .session import Session
 
 log = logging.getLogger("signaling.app")
@@ -92,8 +93,12 @@ class Node:
         self.bus = bus
         self.verifier = Verifier(settings)
         self.metrics = metrics
-        self.limits = Limits(settings.rate, settings.burst, settings.abuse_strikes, settings.abuse_window)
+        self.limits = settings.limits
+        self.quotas = Quotas(self.limits, capacity=settings.max_connections)  # per peer id, see quota.py
         self.sessions: set[Session] = set()  # connections on this node, upgraded or upgrading
+        # every TCP connection, counted from accept once server.py listens through it
+        self.connections = Connections(settings.max_connections, settings.connection_headroom,
+                                       settings.header_timeout, lambda why: metrics.rejected.labels(why).inc())
         self.tasks: set[asyncio.Task[Any]] = set()  # handler tasks of those connections
         self.cleanups: set[asyncio.Future[None]] = set()  # session endings still running (detach)
         self.loop: asyncio.AbstractEventLoop | None = None  # once serving (get_running_loop() is a syscall)
@@ -118,6 +123,7 @@ class Node:
             await asyncio.sleep(self.settings.heartbeat / 2)
             for session in list(self.sessions):
                 session.tick()
+            self.quotas.prune(time.monotonic())
 
     async def drain(self) -> None:
         """Leave the load balancer (/readyz 503 and new upgrades refused with 503), wait
@@ -201,7 +207,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if not node.bus.ready:
         node.metrics.rejected.labels("bus").inc()
         return _json_error(503, "unavailable", "the cluster cannot route right now; retry later")
-    if len(node.sessions) >= s.max_connections:
+    if len(node.sessions) >= s.max_connections or node.connections.over_limit:
         node.metrics.rejected.labels("full").inc()
         return _json_error(503, "unavailable", "this node is at its connection limit; retry later")
     resume = request.query.get("resume")
@@ -242,6 +248,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     finally:
         node.sessions.discard(session)
         node.tasks.discard(task)
+        node.quotas.release(session.peer, time.monotonic())  # (acquired by the Session)
     return ws
 
 
@@ -281,7 +288,8 @@ def create_app(settings: Settings, bus: buses.Bus | None = None) -> web.Applicat
     if bus is None:
         bus = buses.from_settings(settings, counters)
     node = Node(settings, bus, counters)
-    app = web.Application(middlewares=[forwarded, json_errors])
+    app = web.Application(middlewares=[forwarded, json_errors],
+                          handler_args={"keepalive_timeout": settings.keepalive_timeout})
     app[NODE] = node
 
     async def bus_lifecycle(app: web.Application) -> AsyncIterator[None]:

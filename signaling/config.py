@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .quota import Limits
+
 ENV_PREFIX = "SIGNALING_"
 
 
@@ -49,6 +51,7 @@ class Settings:
     tls_key: str = _opt("", "PEM private key for --tls-cert.", metavar="PATH")
     trusted_proxies: list = _opt([], "Proxies (addresses or CIDR networks) whose `X-Forwarded-For` / `X-Real-IP` name the client in logs; from anyone else those headers are ignored (repeatable; comma-separated in the environment).", metavar="CIDR")
     # -- cluster ---------------------------------------------------------------------
+    redis_url_file: str = _opt("", "File holding --redis-url (it may carry a password).", metavar="PATH")
     redis_url: str = _opt("", "Bus to join: empty or memory:// for the embedded single-node bus; redis://host:port for nodes on one Redis; redis+cluster://host:port[,host:port...] for Redis Cluster (sharded pub/sub).", metavar="URL")
     key_prefix: str = _opt("signaling", "Prefix of every Redis key and channel, so several clusters can share one Redis.")
     node_ttl: float = _opt(3.0, "Length of a node's lease in Redis: a node that cannot renew it for this many seconds is dead (its peers enter their grace) and closes its own sockets after 80% of it. Keep it above how long a Redis restart or failover takes, or every socket is closed during one.")
@@ -56,9 +59,10 @@ class Settings:
     jwt_secret: str = _opt("", "HS256 shared secret; turns on JWT auth. Prefer the _FILE form or the environment.", secret=True)
     jwt_secret_file: str = _opt("", "File holding the HS256 secret.", metavar="PATH")
     jwt_public_key: str = _opt("", "PEM public key file (RSA: RS256, EC P-256: ES256); turns on JWT auth.", metavar="PATH")
-    jwt_audience: str = _opt("", "Required `aud` claim, when set.")
+    jwt_audience: str = _opt("", "Required `aud` claim, when set; required with --jwt-public-key (an identity provider's key signs tokens for other services too).")
     jwt_issuer: str = _opt("", "Required `iss` claim, when set.")
     jwt_leeway: float = _opt(5.0, "Clock skew allowed on `exp`/`nbf`/`iat`, in seconds.")
+    open: bool = _opt(False, "Run without JWT auth on a non-loopback address (any client may connect as any peer id): for a trusted network only. Without a JWT key a node listens in open mode only on a loopback address unless this is given.")
     token_ttl: int = _opt(3600, "Default lifetime of tokens minted by `signaling token`, in seconds.")
     # -- ICE -------------------------------------------------------------------------
     ice_servers: str = _opt("[]", "JSON list of RTCIceServer objects sent in `welcome.iceServers` as they are.", metavar="JSON")
@@ -68,19 +72,26 @@ class Settings:
     turn_ttl: int = _opt(86400, "Lifetime of minted TURN credentials, in seconds.")
     # -- limits ----------------------------------------------------------------------
     max_frame_bytes: int = _opt(65536, "Largest accepted frame; a bigger one closes the connection with 1009.")
-    rate: float = _opt(50.0, "Sustained messages per second per connection (token bucket refill).")
-    burst: int = _opt(100, "Token bucket size: messages a connection may send at once.")
-    abuse_strikes: int = _opt(200, "Rejected frames (invalid or rate-limited) within --abuse-window that close the connection with 1008.")
+    rate: float = _opt(50.0, "Sustained messages per second per peer id (token bucket refill); kept across its reconnects, on any node. Over it a message gets `rate-limited`.")
+    burst: int = _opt(100, "Token bucket size: messages a peer may send at once.")
+    byte_rate: float = _opt(262144.0, "Sustained bytes of frames per second per peer id (a second token bucket, like --rate).")
+    byte_burst: int = _opt(1048576, "Bytes of frames a peer may send at once; at least --max-frame-bytes.")
+    abuse_strikes: int = _opt(200, "Rejected frames (invalid or rate-limited) within --abuse-window that close the connection with 1008 (counted per peer id, like --rate).")
     abuse_window: float = _opt(10.0, "Window for --abuse-strikes, in seconds.")
     room_limit: int = _opt(50, "Members per room; a join beyond it gets `room-full`.")
     rooms_per_peer: int = _opt(32, "Rooms one peer may be in at once; a join beyond it gets `forbidden`.")
     grace: float = _opt(15.0, "Reconnect grace: seconds a dropped peer keeps its id, rooms and inbox.")
     inbox_limit: int = _opt(256, "Messages kept per peer for resume; older ones are dropped (the resume then says resumed: false).")
+    inbox_bytes: int = _opt(1048576, "Bytes kept per peer for resume (bodies plus 64 bytes an entry), the same way; at least --max-frame-bytes. A connected peer's inbox also lets go of what its client certainly has (it answered a ping sent after it).")
     send_buffer: int = _opt(1048576, "Bytes of outgoing frames a connection may leave unread (beyond the kernel's socket buffer); a consumer that falls further behind is closed with 1011 and resumes from its inbox.")
     max_connections: int = _opt(10000, "Connections per node; beyond it the upgrade is refused with HTTP 503.")
     heartbeat: float = _opt(25.0, "Seconds between server WebSocket pings (sent in `welcome.heartbeat`); no pong within half of it closes the socket.")
     drain_delay: float = _opt(0.0, "On SIGTERM, answer /readyz with 503 for this many seconds before the first 1001 close, so a load balancer that polls it stops sending new clients first.")
     drain_window: float = _opt(0.0, "On SIGTERM, spread the 1001 closes over this many seconds (no reconnect thundering herd).")
+    # -- connections -----------------------------------------------------------------
+    header_timeout: float = _opt(10.0, "Seconds a new connection has, from its accept, to send its whole first request line and headers (a WebSocket handshake's included; a TLS handshake spends from the same time); one still sending is closed, however steadily it trickles bytes (Slowloris).")
+    keepalive_timeout: float = _opt(15.0, "Seconds an HTTP keep-alive connection may sit idle after a response, or take to send its next request line and headers, before it is closed.")
+    connection_headroom: int = _opt(100, "TCP connections a node accepts beyond --max-connections, to serve health probes and /metrics and to answer upgrades with 503; a connection beyond both is closed at once, unread. Every open connection counts: half-sent requests, idle keep-alive ones, WebSockets.")
     # -- logging ---------------------------------------------------------------------
     log_level: str = _opt("info", "debug, info, warning or error.")
     log_format: str = _opt("text", "text or json.")
@@ -94,6 +105,10 @@ class Settings:
     def tls_enabled(self) -> bool:
         return bool(self.tls_cert)
 
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.rate, self.burst, self.abuse_strikes, self.abuse_window, self.byte_rate, self.byte_burst)
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -103,6 +118,7 @@ class Settings:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             out[f.name] = "***" if f.metadata.get("secret") and value else value
+        out["redis_url"] = redact_url(self.redis_url)
         return out
 
     def check(self) -> Settings:
@@ -110,7 +126,7 @@ class Settings:
         changes: dict[str, Any] = {}
         if not self.node_id:
             changes["node_id"] = _default_node_id()
-        for name in ("jwt_secret", "turn_secret"):
+        for name in ("jwt_secret", "turn_secret", "redis_url"):
             path = getattr(self, f"{name}_file")
             if path:
                 if getattr(self, name):
@@ -124,6 +140,17 @@ class Settings:
         secret = changes.get("jwt_secret", self.jwt_secret)
         if secret and self.jwt_public_key:
             raise ConfigError("give either a JWT secret or a JWT public key, not both")
+        if self.jwt_public_key and not self.jwt_audience:
+            raise ConfigError("--jwt-public-key needs --jwt-audience: tokens its key signs for other services "
+                              "must not be taken here")
+        keyed = bool(secret or self.jwt_public_key)
+        if keyed and self.open:
+            raise ConfigError("--open is for running without a JWT key; one is configured")
+        if not keyed and not self.open and not _loopback(self.host):
+            raise ConfigError(
+                f"no JWT key is configured and --host {self.host} is not a loopback address: any client could "
+                "connect as any peer id. Configure a key (SIGNALING_JWT_SECRET_FILE / --jwt-secret-file, or "
+                "--jwt-public-key with --jwt-audience), or pass --open (SIGNALING_OPEN=1) to run open on purpose")
         if secret and len(secret.encode()) < 32:
             raise ConfigError("the JWT secret must be at least 32 bytes (RFC 7518 §3.2)")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -142,8 +169,12 @@ class Settings:
             raise ConfigError("--turn-urls needs --turn-secret (or --turn-secret-file)")
         if not 0 <= self.port <= 65535:
             raise ConfigError("--port must be 0-65535 (0: any free port)")
-        for name in ("max_frame_bytes", "burst", "abuse_strikes", "room_limit", "rooms_per_peer",
-                     "inbox_limit", "send_buffer", "max_connections", "turn_ttl", "backlog", "token_ttl",
+        if self.inbox_bytes < self.max_frame_bytes + 64:
+            raise ConfigError("--inbox-bytes must be above --max-frame-bytes (a largest frame must fit)")
+        if self.byte_burst < self.max_frame_bytes:
+            raise ConfigError("--byte-burst must be at least --max-frame-bytes (a largest frame must pass)")
+        for name in ("max_frame_bytes", "burst", "byte_rate", "byte_burst", "abuse_strikes", "room_limit", "rooms_per_peer",
+                     "inbox_limit", "inbox_bytes", "send_buffer", "max_connections", "turn_ttl", "backlog", "token_ttl",
                      "rate", "abuse_window", "grace", "heartbeat", "node_ttl"):
             if not getattr(self, name) > 0:  # written so that NaN fails too
                 raise ConfigError(f"--{_flag(name)} must be positive")
@@ -157,10 +188,34 @@ class Settings:
                 raise ConfigError(f"--trusted-proxies: {proxy!r} is not an IP address or CIDR network") from None
         if not re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", self.key_prefix):
             raise ConfigError("--key-prefix must be 1-64 characters of A-Z a-z 0-9 . _ : -")
-        for name in ("rate", "abuse_window", "grace", "heartbeat", "node_ttl"):
+        for name in ("rate", "byte_rate", "abuse_window", "grace", "heartbeat", "node_ttl"):
             if getattr(self, name) == float("inf"):
                 raise ConfigError(f"--{_flag(name)} must be finite")
+        for name in ("header_timeout", "keepalive_timeout"):
+            if not 0 < getattr(self, name) < float("inf"):  # written so that NaN fails too
+                raise ConfigError(f"--{_flag(name)} must be positive and finite")
+        if not self.connection_headroom >= 0:
+            raise ConfigError("--connection-headroom must be zero or more")
         return dataclasses.replace(self, **changes)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def redact_url(url: str) -> str:
+    """`url` without its password (user names stay: they help, and say nothing secret)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/")[0]:
+        return url
+    creds, _, host = rest.partition("@")
+    user, colon, _ = creds.partition(":")
+    return f"{scheme}://{user}{colon}***@{host}" if colon else url
 
 
 def _flag(name: str) -> str:
@@ -194,6 +249,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["metavar"] = f.metadata["metavar"]
         if f.default is dataclasses.MISSING:  # list
             kwargs["action"] = "append"
+        elif isinstance(f.default, bool):  # a switch: `--open`, no value
+            kwargs.update(action="store_const", const=True)
         parser.add_argument(f"--{_flag(f.name)}", **kwargs)
 
 

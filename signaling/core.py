@@ -9,13 +9,13 @@ answer back through `Peer.settle(effect, result)`, which returns the receipt.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Union
 
 from . import protocol as p
 from .directory import Outcome, Result
 from .protocol import CloseCode, ErrorCode, ProtocolError, ReceiptId
+from .quota import Limits, Quota
 
 # -- effects ------------------------------------------------------------------------
 # Value objects made per message: slotted, and not frozen only because a frozen
@@ -69,45 +69,6 @@ BusWork = Union[Send, Broadcast, JoinRoom, LeaveRoom]
 # -- limits -------------------------------------------------------------------------
 
 
-class TokenBucket:
-    """`rate` tokens a second, at most `burst` saved up; one token per message."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens, self.stamp = float(burst), now
-
-    def take(self, now: float) -> bool:
-        tokens = self.tokens + (now - self.stamp) * self.rate
-        if tokens > self.burst:
-            tokens = self.burst
-        self.stamp = now
-        if tokens >= 1.0:
-            self.tokens = tokens - 1.0
-            return True
-        self.tokens = tokens
-        return False
-
-
-class StrikeMeter:
-    """Counts rejected frames; more than `limit` within `window` seconds is abuse."""
-
-    __slots__ = ("limit", "window", "times")
-
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit, self.window = limit, window
-        self.times: deque[float] | None = None  # made at the first strike: most connections never get one
-
-    def strike(self, now: float) -> bool:
-        if self.times is None:
-            self.times = deque(maxlen=self.limit + 1)
-        self.times.append(now)
-        while self.times and now - self.times[0] > self.window:
-            self.times.popleft()
-        return len(self.times) > self.limit
-
-
 def room_allowed(grants: Iterable[str] | None, room: str) -> bool:
     """`grants` from the token's `rooms` claim (None: any room); `x*` is a prefix."""
     if grants is None:
@@ -118,35 +79,27 @@ def room_allowed(grants: Iterable[str] | None, room: str) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class Limits:
-    rate: float = 50.0
-    burst: int = 100
-    abuse_strikes: int = 200
-    abuse_window: float = 10.0
-
-
 # -- the peer -----------------------------------------------------------------------
 
 class Peer:
-    __slots__ = ("peer", "grants", "rooms", "bucket", "strikes", "kind")  # one per connection
+    __slots__ = ("peer", "grants", "rooms", "quota", "kind")  # one per connection
 
-    def __init__(self, peer: str, now: float, *, limits: Limits = Limits(),
+    def __init__(self, peer: str, now: float, *, limits: Limits = Limits(), quota: Quota | None = None,
                  grants: Iterable[str] | None = None, rooms: Iterable[str] = ()) -> None:
+        """`quota`: the peer's, shared with its other connections (else a new one from `limits`)."""
         self.peer = peer
         self.grants = None if grants is None else tuple(grants)
         # rooms this peer is in (the bus is the authority); a frozenset replaced on change:
         # most connections are in none, and the empty one is shared (a set is 216 bytes)
         self.rooms: frozenset[str] = frozenset(rooms)
-        self.bucket = TokenBucket(limits.rate, limits.burst, now)
-        self.strikes = StrikeMeter(limits.abuse_strikes, limits.abuse_window)
+        self.quota = quota if quota is not None else Quota(limits, now)
         self.kind = ""  # type of the last frame received ("invalid" when it had none): for metrics
 
     def receive(self, frame: str | bytes, now: float, *, binary: bool = False) -> list[Effect]:
         """One client frame -> effects. Never raises on bad input."""
         self.kind = "invalid"
-        if not self.bucket.take(now):
-            return self._reject(ErrorCode.RATE_LIMITED, "over the message rate; the message was dropped",
+        if not self.quota.take(len(frame), now):
+            return self._reject(ErrorCode.RATE_LIMITED, "over the message or byte rate; the message was dropped",
                                 None if binary else p.peek_id(frame), now)
         if binary:
             return self._reject(ErrorCode.BAD_MESSAGE, "binary frames are not accepted; send JSON text", None, now)
@@ -207,7 +160,7 @@ class Peer:
     def _reject(self, code: ErrorCode, message: str, id: ReceiptId, now: float) -> list[Effect]:
         """A frame the client should not have sent (invalid or over the rate): a strike."""
         out: list[Effect] = [self._error(code, message, id)]
-        if self.strikes.strike(now):
+        if self.quota.strike(now):
             out.append(Close(CloseCode.POLICY, "too many rejected messages"))
         return out
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from .inbox import Entry, Inbox, Seq, format_seq, parse_seq
 from .protocol import room_event
+from .quota import Snapshot
 
 
 class Outcome(enum.Enum):
@@ -55,6 +56,8 @@ class Attached:
     replay: list[tuple[str, bytes]]  # (seq, body) to send before anything newer
     rooms: frozenset[str]
     seq: str = "0-0"  # the connection's resume point: a resume from it replays all it was given
+    quota: Snapshot | None = None  # the peer's quota as its last connection left it (a bus that carries it)
+    quota_age: float = 0.0  # seconds since that snapshot
 
 
 @dataclass(slots=True)
@@ -76,9 +79,9 @@ class PeerRecord:
 
 
 class Directory:
-    def __init__(self, *, grace: float, inbox_limit: int) -> None:
+    def __init__(self, *, grace: float, inbox_limit: int, inbox_bytes: int = 1 << 62) -> None:
         self.grace = grace
-        self.inbox_limit = inbox_limit
+        self.inbox_limit, self.inbox_bytes = inbox_limit, inbox_bytes
         self.peers: dict[str, PeerRecord] = {}  # peer id -> its record while connected or reconnecting
         self.rooms: dict[str, set[str]] = {}  # room name -> member peer ids
         self._epoch = 0
@@ -89,7 +92,7 @@ class Directory:
         self._epoch += 1
         record = self.peers.get(peer)
         if record is None:
-            record = PeerRecord(self._epoch, node, Inbox(self.inbox_limit))
+            record = PeerRecord(self._epoch, node, Inbox(self.inbox_limit, self.inbox_bytes))
             record.delivered = record.inbox.last
             self.peers[peer] = record
             return Attached(self._epoch, None, False, [], frozenset(), format_seq(record.inbox.last))
@@ -121,6 +124,13 @@ class Directory:
         if seq is not None:  # else: the connection wrote nothing beyond what it started with
             record.delivered = min(seq, record.inbox.last)
         return []
+
+    def trim(self, peer: str, epoch: int, seq: str) -> None:
+        """Connection `epoch` of `peer` certainly has every delivery up to `seq`."""
+        record = self.peers.get(peer)
+        point = parse_seq(seq)
+        if record is not None and record.epoch == epoch and record.connected and point is not None:
+            record.inbox.trim_through(point)
 
     def owner(self, peer: str) -> tuple[int, bool] | None:
         """(epoch, connected) of the peer, or None when absent."""
@@ -198,8 +208,8 @@ class Directory:
     def _store(self, peer: str, record: PeerRecord, body: bytes, now: float) -> Delivery | None:
         seq, dropped = record.inbox.append(body, now)
         if not record.connected:
-            if dropped is not None and dropped.seq > record.delivered:
-                self.expired_messages += 1  # never reached the peer, and now never will
+            # what never reached the peer, and now never will
+            self.expired_messages += sum(1 for entry in dropped if entry.seq > record.delivered)
             return None
         return Delivery(peer, record.epoch, format_seq(seq), body)
 

@@ -69,9 +69,17 @@ class Entry:
     body: bytes
 
 
+ENTRY_OVERHEAD = 64  # bytes an inbox entry costs beyond its body (the seq, the send key, the stream's own)
+
+
+def entry_size(body: bytes) -> int:
+    return len(body) + ENTRY_OVERHEAD
+
+
 @dataclass
 class Inbox:
-    """The last `limit` deliveries; `trimmed` marks the gap the bound has made.
+    """The last `limit` deliveries, at most `max_bytes` of them (`entry_size`); `trimmed`
+    marks the gap the bounds have made, and what `trim_through` let go of.
 
     There is no age bound: the whole inbox goes when its peer's grace runs out, so a
     peer that resumes within its grace finds every message acked while it was away or
@@ -81,20 +89,35 @@ class Inbox:
     """
 
     limit: int
+    max_bytes: int = 1 << 62
     entries: deque[Entry] = field(default_factory=deque)
     last: Seq = ZERO  # highest seq ever appended
     trimmed: Seq = ZERO  # highest seq dropped by a bound
+    bytes: int = 0  # entry_size of the entries held
 
-    def append(self, body: bytes, now: float) -> tuple[Seq, Entry | None]:
-        """Store a delivery; return its seq and the oldest entry, if the bound pushed it out."""
+    def append(self, body: bytes, now: float) -> tuple[Seq, list[Entry]]:
+        """Store a delivery; return its seq and the oldest entries the bounds pushed out
+        (never the new one)."""
         seq = next_seq(self.last, now)
         self.last = seq
         self.entries.append(Entry(seq, body))
-        if len(self.entries) > self.limit:
-            dropped = self.entries.popleft()
-            self.trimmed = dropped.seq
-            return seq, dropped
-        return seq, None
+        self.bytes += entry_size(body)
+        dropped = []
+        while len(self.entries) > 1 and (len(self.entries) > self.limit or self.bytes > self.max_bytes):
+            dropped.append(self._drop())
+        return seq, dropped
+
+    def trim_through(self, seq: Seq) -> None:
+        """The connected client certainly has every entry up to `seq`: let them go (a
+        resume from before `seq` then has a gap, as after a bound)."""
+        while self.entries and self.entries[0].seq <= seq:
+            self._drop()
+
+    def _drop(self) -> Entry:
+        entry = self.entries.popleft()
+        self.bytes -= entry_size(entry.body)
+        self.trimmed = entry.seq
+        return entry
 
     def covers(self, after: Seq) -> bool:
         return self.trimmed <= after <= self.last

@@ -16,6 +16,18 @@ from .protocol import CLIENT_TYPES
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+# close codes that get a label of their own: RFC 6455's and this protocol's; a client may
+# close with any of 3000-4999, and each would be a series: those are "other"
+_CLOSE_LABELS = {code: str(code) for code in (1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011,
+                                               4401, 4409)}
+
+
+def close_label(code: int | None) -> str:
+    if code is None:
+        return "none"
+    return _CLOSE_LABELS.get(int(code), "other")
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()

@@ -96,12 +96,18 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     app = create_app(settings)
     # by the time aiohttp shuts down, the drain has ended every WebSocket; what is left are
     # plain HTTP requests (probes, metrics), which finish in well under this
-    runner = web.AppRunner(app, access_log_class=ProxyAwareAccessLogger, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    runner = web.AppRunner(app, access_log_class=ProxyAwareAccessLogger, shutdown_timeout=SHUTDOWN_TIMEOUT,
+                           keepalive_timeout=settings.keepalive_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context(settings),
-                       backlog=settings.backlog, reuse_address=True)
-    await site.start()
+    assert runner.server is not None
     loop = asyncio.get_running_loop()
+    # not a web.TCPSite: every accepted connection goes through Connections first (counted
+    # against --max-connections, and closed if its request head is late)
+    tls = ssl_context(settings)
+    listener = await loop.create_server(
+        app[NODE].connections.protocol_factory(runner.server), settings.host, settings.port, ssl=tls,
+        ssl_handshake_timeout=settings.header_timeout if tls else None, backlog=settings.backlog,
+        reuse_address=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, lambda: log.warning("asyncio tasks (SIGUSR1):\n%s", task_dump()))
@@ -119,6 +125,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         drained = loop.time()
         # a stop always ends: an orchestrator waits for the exit, and the drain above has
         # already handed every peer to the cluster (detached, inbox in the bus)
+        listener.close()  # (what runner.cleanup() does first to the sites it knows)
         try:
             await asyncio.wait_for(runner.cleanup(), 2 * SHUTDOWN_TIMEOUT + BUS_CLOSE_TIMEOUT)
         except TimeoutError:

@@ -33,7 +33,9 @@ from .auth import Identity
 from .bus import AttachRefused, BusUnavailable, LeaseLost
 from .directory import Attached, Outcome, Result
 from .inbox import ZERO, seq_key
+from .metrics import close_label
 from .protocol import CloseCode
+from .quota import Snapshot
 
 if TYPE_CHECKING:
     from .app import Node
@@ -71,7 +73,8 @@ def _close_code(code: int) -> CloseCode | int:
 class Session:
     __slots__ = ("node", "ws", "peer", "identity", "core", "epoch", "started", "_pending", "_last_seq",
                  "_written", "_send_buffer", "_transport", "_closing", "_stopped", "_handling", "_handled",
-                 "_client_closed", "ended", "_closer", "heard", "pinged", "__weakref__")  # one per connection: keep it small
+                 "_client_closed", "ended", "_closer", "heard", "pinged", "_spent", "_ping_seq", "_trimmed_to",
+                 "__weakref__")  # one per connection: keep it small
 
     def __init__(self, node: Node, ws: web.WebSocketResponse, identity: Identity) -> None:
         self.node = node
@@ -79,7 +82,11 @@ class Session:
         self.peer = identity.peer
         self.identity = identity
         s = node.settings
-        self.core = core.Peer(identity.peer, time.monotonic(), grants=identity.rooms, limits=node.limits)
+        now = time.monotonic()
+        self.core = core.Peer(identity.peer, now, grants=identity.rooms, quota=node.quotas.acquire(identity.peer, now))
+        self._spent = (0.0, 0.0)  # the quota's spending when this connection attached (see quota_report)
+        self._ping_seq: str | None = None  # last seq written before the ping out now (its pong confirms it)
+        self._trimmed_to: str | None = None  # the inbox has let go of everything up to it
         self.epoch = 0
         self.started = False
         self._pending: list[tuple[str, bytes]] | None = None  # deliveries that arrived before the welcome
@@ -124,6 +131,14 @@ class Session:
         self._stopped = True  # not one more frame: this node may no longer act for the peer
         self.close(CloseCode.DRAINING, "this node lost its place in the cluster; reconnect")
 
+    def quota(self) -> Snapshot:
+        return self.core.quota.snapshot(time.monotonic())
+
+    def quota_report(self, snapshot: Snapshot, age: float) -> None:
+        quota = self.core.quota
+        spent_m, spent_b = quota.spent()
+        quota.restrict(snapshot, age, time.monotonic(), (spent_m - self._spent[0], spent_b - self._spent[1]))
+
     # -- lifecycle -----------------------------------------------------------------
     async def run(self, resume: str | None, started: float) -> None:
         """Attach, then read frames until the connection ends, then detach. (One coroutine,
@@ -145,6 +160,8 @@ class Session:
                 elif msg.type is WSMsgType.BINARY:
                     effects = self.core.receive(msg.data, time.monotonic(), binary=True)
                 elif msg.type is WSMsgType.PONG:
+                    if self._ping_seq is not None and msg.data == self._ping_seq.encode():
+                        await self._confirmed(self._ping_seq)
                     continue
                 elif msg.type is WSMsgType.PING:
                     self._write_frame(control_frame(0x8A, msg.data))  # pong, echoing its payload
@@ -189,6 +206,10 @@ class Session:
         """Welcome the client and hand it what waited; return the rooms it kept that its
         token no longer grants (a resume, reconnect or takeover with a narrower token)."""
         self.epoch = attached.epoch
+        quota = self.core.quota
+        if attached.quota is not None:
+            quota.restrict(attached.quota, attached.quota_age, time.monotonic())
+        self._spent = quota.spent()
         revoked: tuple[str, ...] = ()
         if attached.rooms:
             revoked = tuple(sorted(r for r in attached.rooms if not core.room_allowed(self.core.grants, r)))
@@ -240,18 +261,19 @@ class Session:
 
     async def _finish(self) -> None:
         self.ended = True
+        quota = self.core.quota.snapshot(time.monotonic())
         if self.identity.expires is not None and self.started:
             self.node.expiries.forget(self)
         if self._closer is not None:
             await asyncio.gather(self._closer, return_exceptions=True)
         code = self._closing if self._closing is not None else self.ws.close_code
         final = self._client_closed or code in _FINAL_CLOSES
-        self.node.metrics.closes.labels(str(int(code)) if code is not None else "none").inc()
+        self.node.metrics.closes.labels(close_label(code)).inc()  # (the client picks its code: bounded)
         if self.epoch and code is CloseCode.REPLACED:
             await self.node.bus.forget(self.peer, self.epoch)  # the newer connection owns the peer now
         elif self.epoch:
             try:
-                await self.node.bus.detach(self.peer, self.epoch, final=final, delivered=self._written)
+                await self.node.bus.detach(self.peer, self.epoch, final=final, delivered=self._written, quota=quota)
             except BusUnavailable:
                 log.warning("bus unavailable while detaching %s; its grace runs out on its own", self.peer)
         log.debug("closed %s code=%s final=%s", self.peer, code, final, extra={"peer": self.peer})
@@ -305,16 +327,32 @@ class Session:
             m.error(reply.code)
         self._write(reply.frame)
 
+    async def _confirmed(self, seq: str) -> None:
+        """The client's WebSocket answered a ping written after `seq`: it has read every
+        frame up to it, so the inbox need not keep them (bounded Redis memory per
+        connected peer; a resume from before it reads `resumed: false`, as after the bound)."""
+        self._ping_seq, self._trimmed_to = None, seq
+        await self.node.bus.trim(self.peer, self.epoch, seq)
+
     def tick(self) -> None:
         """One heartbeat tick (every half `heartbeat`): a connection heard from since the
         last tick is fine; one that was not gets a ping; one that did not answer that
-        ping by the next tick is dropped (it vanished: it starts its grace)."""
+        ping by the next tick is dropped (it vanished: it starts its grace). A ping also
+        goes to a connection that was written to since its inbox was last trimmed: its
+        pong, echoing the last seq written, lets the inbox go up to there."""
         if not self.started or self._closing is not None:
             return
+        confirm = self._written is not None and self._written != self._trimmed_to and self._ping_seq is None
         if self.heard:
             self.heard = self.pinged = False
+            if confirm and self._write_frame(control_frame(0x89, self._written.encode())):  # type: ignore[union-attr]
+                self._ping_seq = self._written
         elif not self.pinged:
-            self.pinged = self._write_frame(PING_FRAME)
+            if confirm:
+                self.pinged = self._write_frame(control_frame(0x89, self._written.encode()))  # type: ignore[union-attr]
+                self._ping_seq = self._written if self.pinged else None
+            else:
+                self.pinged = self._write_frame(PING_FRAME)
         else:
             self.node.metrics.heartbeat_timeouts.inc()
             self._stopped = True

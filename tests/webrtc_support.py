@@ -65,6 +65,8 @@ class VethNode(NodeProcess):
         super().__init__(*args)
         self.host = host
         self.args += ["--host", host]  # the last --host wins
+        if not any(a.startswith("--jwt-") for a in args):
+            self.args.append("--open")  # not loopback: open mode only when asked for (a private namespace here)
 
     @property
     def base(self) -> str:

@@ -19,10 +19,12 @@ def from_settings(settings: Settings, metrics: Any = None) -> Bus:
     if scheme == "memory":
         from .memory import MemoryBus  # never imports redis
 
-        return MemoryBus(node_id=settings.node_id, grace=settings.grace, inbox_limit=settings.inbox_limit)
+        return MemoryBus(node_id=settings.node_id, grace=settings.grace, inbox_limit=settings.inbox_limit,
+                         inbox_bytes=settings.inbox_bytes)
     if scheme in ("redis", "rediss", "unix", "redis+cluster"):
         from .redis import RedisBus
 
         return RedisBus(url, node_id=settings.node_id, grace=settings.grace, inbox_limit=settings.inbox_limit,
-                        prefix=settings.key_prefix, node_ttl=settings.node_ttl, metrics=metrics)
+                        prefix=settings.key_prefix, node_ttl=settings.node_ttl, metrics=metrics,
+                        quota_memory=settings.limits.memory, inbox_bytes=settings.inbox_bytes)
     raise ValueError(f"unsupported bus URL scheme {scheme!r}: use memory://, redis://, rediss:// or redis+cluster://")

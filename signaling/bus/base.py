@@ -35,6 +35,7 @@ import abc
 from typing import Protocol
 
 from ..directory import Attached, Result
+from ..quota import Snapshot
 
 
 class BusUnavailable(Exception):
@@ -70,6 +71,12 @@ class Mailbox(Protocol):
 
     def fenced(self) -> None:
         """The node lost the right to serve: close at once, write nothing more."""
+
+    def quota(self) -> Snapshot:
+        """The peer's quota as this connection has it now (for its successor elsewhere)."""
+
+    def quota_report(self, snapshot: Snapshot, age: float) -> None:
+        """What the connection this one replaced had left `age` seconds ago: never more now."""
 
 
 class Bus(abc.ABC):
@@ -109,12 +116,19 @@ class Bus(abc.ABC):
         raises AttachRefused."""
 
     @abc.abstractmethod
-    async def detach(self, peer: str, epoch: int, *, final: bool, delivered: str | None = None) -> None:
+    async def detach(self, peer: str, epoch: int, *, final: bool, delivered: str | None = None,
+                     quota: Snapshot | None = None) -> None:
         """Connection `epoch` of `peer` ended: for good (`final`) or into the grace.
 
         `delivered` is the last seq the connection wrote out, so a reconnect without
-        `resume=` starts after it.
+        `resume=` starts after it. `quota`: what the peer had left, for its next
+        connection (`Attached.quota`) on whichever node (final or not).
         """
+
+    async def trim(self, peer: str, epoch: int, seq: str) -> None:
+        """Connection `epoch` of `peer` certainly has every delivery up to `seq` (its
+        client's WebSocket answered a ping sent after them): they may leave its inbox. A
+        resume from before `seq` then has a gap (resumed: false), as after the bound."""
 
     async def forget(self, peer: str, epoch: int) -> None:
         """Connection `epoch` of `peer` was replaced: it gets nothing more (no detach)."""

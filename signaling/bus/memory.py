@@ -8,14 +8,15 @@ from collections.abc import Sequence
 from typing import Callable
 
 from ..directory import Attached, Delivery, Directory, Result
+from ..quota import Snapshot
 from .base import Bus, BusUnavailable, Mailbox
 
 
 class MemoryBus(Bus):
-    def __init__(self, *, node_id: str, grace: float, inbox_limit: int,
+    def __init__(self, *, node_id: str, grace: float, inbox_limit: int, inbox_bytes: int = 1 << 62,
                  clock: Callable[[], float] = time.time) -> None:
         self.node_id = node_id
-        self.directory = Directory(grace=grace, inbox_limit=inbox_limit)
+        self.directory = Directory(grace=grace, inbox_limit=inbox_limit, inbox_bytes=inbox_bytes)
         self.clock = clock
         self._mailboxes: dict[str, tuple[int, Mailbox]] = {}  # peer id -> (epoch, its connection here)
         self._timers: set[asyncio.TimerHandle] = set()  # grace expiry checks
@@ -44,13 +45,17 @@ class MemoryBus(Bus):
             previous[1].replaced()
         return attached
 
-    async def detach(self, peer: str, epoch: int, *, final: bool, delivered: str | None = None) -> None:
+    async def detach(self, peer: str, epoch: int, *, final: bool, delivered: str | None = None,
+                     quota: Snapshot | None = None) -> None:  # (one node: its quota table has it)
         current = self._mailboxes.get(peer)
         if current is not None and current[0] == epoch:
             del self._mailboxes[peer]
         self._dispatch(self.directory.detach(peer, epoch, self.clock(), final=final, delivered=delivered))
         if not final:
             self._expire_later(self.directory.grace)
+
+    async def trim(self, peer: str, epoch: int, seq: str) -> None:
+        self.directory.trim(peer, epoch, seq)
 
     async def send(self, to: str, body: bytes, *, origin: tuple[str, int] | None = None) -> Result:
         return self._dispatched(self.directory.send(to, body, self.clock(), origin))

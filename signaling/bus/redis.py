@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator
 
 import redis.asyncio as aioredis
+from redis.connection import parse_url
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
@@ -51,6 +52,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .. import envelope
 from ..directory import Attached, Outcome, Result
 from ..inbox import seq_key
+from ..quota import Snapshot
 from ..protocol import room_event
 from . import redis_scripts as lua
 from . import redis_wire
@@ -74,6 +76,7 @@ class _Local:
     """One connection of a peer on this node, as the bus tracks it."""
 
     mailbox: Mailbox
+    peer: str
     epoch: int | None = None  # None until its attach script has answered
     pending: list[envelope.Envelope] = field(default_factory=list)  # arrived before the epoch was known
     last_seq: str = "0-0"  # last seq handed to the mailbox (for gap repair after a reconnect)
@@ -118,13 +121,16 @@ def _outcome_unknown(exc: BaseException) -> bool:
 
 class RedisBus(Bus):
     def __init__(self, url: str, *, node_id: str, grace: float, inbox_limit: int, prefix: str = "signaling",
-                 node_ttl: float = 3.0, metrics: Any = None) -> None:
+                 node_ttl: float = 3.0, metrics: Any = None, quota_memory: float = 10.0,
+                 inbox_bytes: int = 1 << 40) -> None:
         if not PREFIX.fullmatch(prefix):
             raise ValueError("key prefix must be 1-64 characters of A-Z a-z 0-9 . _ : -")
         if not NODE_ID.fullmatch(node_id):
             raise ValueError("node id must be 1-64 characters of A-Z a-z 0-9 . _ : @ - (it names Redis keys)")
         self.url, self.node_id, self.grace, self.inbox_limit = url, node_id, grace, inbox_limit
         self.prefix, self.node_ttl, self.metrics = prefix, node_ttl, metrics
+        self.inbox_bytes = inbox_bytes
+        self.quota_memory = quota_memory  # s: after it a quota snapshot says nothing (Limits.memory)
         self.clustered = url.startswith("redis+cluster://")
         self._redis: Any = None  # redis.asyncio.Redis, or RedisCluster
         self._batcher: Batcher | None = None  # one Redis: every script and command goes through it
@@ -152,15 +158,22 @@ class RedisBus(Bus):
         self._detach_failed = False  # a detach could not reach Redis: reconcile at the next heartbeat
         self._recovering = False  # a recovery round is due (the last one failed part-way)
         self._audit_cursor = 0  # where the sweeper's walk over peer states is
+        self._background: set[asyncio.Future[None]] = set()  # fire-and-forget notices (quota reports)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.nodes_key = f"{prefix}:nodes"  # zset: node id -> end of its lease (ms, Redis's clock)
         self.grace_key = f"{prefix}:grace"  # zset: peer id -> end of its grace (ms, Redis's clock)
-        self.control = f"{prefix}:{{n:{node_id}}}".encode()  # this node's own channel
+        # pub/sub channels are global to a Redis server, its databases share them: a channel
+        # names the database too, or deployments on db 0 and db 1 would hear each other
+        self._channels = f"{prefix}@{0 if self.clustered else int(parse_url(url).get('db') or 0)}"
 
     # -- keys ------------------------------------------------------------------------
     def _peer_keys(self, peer: str) -> tuple[str, str, str, str]:
+        """state, inbox and rooms keys, and the pub/sub channel (all in one hash slot)."""
         tag = f"{self.prefix}:{{p:{peer}}}"
-        return f"{tag}:state", f"{tag}:inbox", f"{tag}:rooms", tag
+        return f"{tag}:state", f"{tag}:inbox", f"{tag}:rooms", f"{self._channels}:{{p:{peer}}}"
+
+    def _quota_key(self, peer: str) -> str:
+        return f"{self.prefix}:{{p:{peer}}}:quota"
 
     def _room_key(self, room: str) -> str:
         return f"{self.prefix}:{{r:{room}}}:members"
@@ -172,6 +185,11 @@ class RedisBus(Bus):
     def _ttl_ms(self) -> int:
         """Backstop expiry of a reconnecting peer's keys: the grace plus a margin."""
         return int((self.grace + max(10.0, self.grace)) * 1000)
+
+    @property
+    def quota_ttl_ms(self) -> int:
+        """How long a peer's quota snapshot is kept after its connection ends (see quota.py)."""
+        return int(self.quota_memory * 1000) + 1000
 
     @property
     def _grace_ms(self) -> int:
@@ -465,7 +483,7 @@ class RedisBus(Bus):
         self._check_serving()
         state, inbox, rooms, channel = self._peer_keys(peer)
         began = self._redis_time_us(time.monotonic() if started is None else started)
-        local = _Local(mailbox)
+        local = _Local(mailbox, peer)
         locals_ = self._local.setdefault(peer, [])
         locals_.append(local)
         try:
@@ -473,16 +491,17 @@ class RedisBus(Bus):
                 await self._subscribe(channel.encode(), peer)
             args = [self.node_id, resume or "", self.inbox_limit, peer, began, began + int(ATTACH_WINDOW * 1e6),
                     self._grace_ms]
+            quota = self._quota_key(peer)
             async with self._guard():
                 if self.clustered:  # the schedule and the node's set are in other slots
                     registered = self._cmd("SADD", self._node_peers_key(self.node_id), peer)
-                    res = await self._eval("ATTACH", [state, inbox, rooms, channel], args)
+                    res = await self._eval("ATTACH", [state, inbox, rooms, channel, quota], args)
                     await registered
                     if res[0] != -1:
                         with contextlib.suppress(RedisError, OSError):
                             await self._cmd("ZREM", self.grace_key, peer)
                 else:  # one round trip: the script leaves the schedule and registers too
-                    res = await self._eval("ATTACH", [state, inbox, rooms, channel, self.grace_key,
+                    res = await self._eval("ATTACH", [state, inbox, rooms, channel, quota, self.grace_key,
                                                       self._node_peers_key(self.node_id)], args)
             if res[0] == -1:
                 raise AttachRefused(bool(res[1]))
@@ -490,7 +509,7 @@ class RedisBus(Bus):
         except BaseException:
             await self._forget(peer, local)
             raise
-        epoch, replaced, resumed, replay, members, delivered, point, lost = res
+        epoch, replaced, resumed, replay, members, delivered, point, lost, quota_left, quota_age = res
         # evidence only from a seq older than this data set (a client can write any seq; one
         # from before the data set began can only be a server's from the lost one)
         if lost and not self._era_lost and resume and seq_key(resume)[0] < self._era_ms:
@@ -505,33 +524,41 @@ class RedisBus(Bus):
         for env in pending:
             self._handle(local, env)
         return Attached(int(epoch), int(replaced) if int(replaced) >= 0 else None, bool(resumed),
-                        [(seq.decode(), body) for seq, body in replay], local.rooms, point.decode())
+                        [(seq.decode(), body) for seq, body in replay], local.rooms, point.decode(),
+                        Snapshot.unpack(quota_left), int(quota_age) / 1000)
 
-    async def detach(self, peer: str, epoch: int, *, final: bool, delivered: str | None = None) -> None:
+    async def detach(self, peer: str, epoch: int, *, final: bool, delivered: str | None = None,
+                     quota: Snapshot | None = None) -> None:
         local = next((x for x in self._local.get(peer, []) if x.epoch == epoch), None)
         if local is not None:
             await self._forget(peer, local)
         state, inbox, rooms, _ = self._peer_keys(peer)
-        args = [epoch, int(final), delivered or "", self._grace_ms, self._ttl_ms, peer]
+        args = [epoch, int(final), delivered or "", self._grace_ms, self._ttl_ms, peer,
+                quota.pack() if quota is not None else "", self.quota_ttl_ms]
         try:
-            res = await self._detach(peer, state, inbox, rooms, args)
+            res = await self._detach(peer, [state, inbox, rooms, self._quota_key(peer)], args)
         except BusUnavailable:
             self._detach_failed = True  # its peer stays connected here in Redis until reconciled
             raise
         if res[0] == 2:
             await self._leave_all(peer, [m.decode() for m in res[1]])
 
-    async def _detach(self, peer: str, state: str, inbox: str, rooms: str, args: list[Any]) -> Any:
+    async def _detach(self, peer: str, keys: list[str], args: list[Any]) -> Any:
         async with self._guard(strict=False):
             if self.clustered:
-                res = await self._eval("DETACH", [state, inbox, rooms], args)
+                res = await self._eval("DETACH", keys, args)
                 if res[0] == 1:  # the schedule is in another slot (the keys' TTL backs it up)
                     await self._cmd("ZADD", self.grace_key, res[1], peer)
             else:
-                res = await self._eval("DETACH", [state, inbox, rooms, self.grace_key], args)
+                res = await self._eval("DETACH", [*keys, self.grace_key], args)
             if peer not in self._local:
                 await self._cmd("SREM", self._node_peers_key(self.node_id), peer)
         return res
+
+    async def trim(self, peer: str, epoch: int, seq: str) -> None:
+        state, inbox, _, _ = self._peer_keys(peer)
+        with contextlib.suppress(RedisError, OSError):  # only memory to give back: the next one will
+            await self._eval("TRIM", [state, inbox], [epoch, seq, self.inbox_limit + 1])
 
     async def forget(self, peer: str, epoch: int) -> None:
         local = next((x for x in self._local.get(peer, []) if x.epoch == epoch), None)
@@ -567,7 +594,8 @@ class RedisBus(Bus):
                 return Result(Outcome.REPLACED)
             state, inbox, _, channel = self._peer_keys(to)
             res = await self._until_known(lambda retry: self._eval(
-                "SEND", [state, inbox, channel], [body, self.inbox_limit, self._ttl_ms, key, "", int(retry)]))
+                "SEND", [state, inbox, channel], [body, self.inbox_limit, self._ttl_ms, key, "", int(retry),
+                                                  self.inbox_bytes]))
         kind = res[0]
         if kind == 4:
             return Result(Outcome.REPLACED)
@@ -614,6 +642,7 @@ class RedisBus(Bus):
         # (3 keys and no epoch without a sender): head, limit and ttl are constant
         self._send_head = redis_wire.bulk(("EVALSHA", self._sha["SEND"]))
         self._send_tail = redis_wire.bulk((self.inbox_limit, self._ttl_ms))
+        self._send_end = redis_wire.bulk((self.inbox_bytes,))
 
     def _packed_send(self, to: str, body: bytes, origin: tuple[str, int] | None, key: bytes, retry: bool) -> bytes:
         """EVALSHA SEND for `to` in RESP; the constant head and the peers' keys are cached."""
@@ -625,8 +654,8 @@ class RedisBus(Bus):
             keys = self._send_keys[to] = redis_wire.bulk((state, inbox, channel))
         flag = b"$1\r\n1\r\n" if retry else b"$1\r\n0\r\n"
         if origin is None:
-            return b"".join((b"*12\r\n", self._send_head, b"$1\r\n3\r\n", keys, b"$%d\r\n" % len(body), body, b"\r\n",
-                             self._send_tail, b"$%d\r\n" % len(key), key, b"\r\n$0\r\n\r\n", flag))
+            return b"".join((b"*13\r\n", self._send_head, b"$1\r\n3\r\n", keys, b"$%d\r\n" % len(body), body, b"\r\n",
+                             self._send_tail, b"$%d\r\n" % len(key), key, b"\r\n$0\r\n\r\n", flag, self._send_end))
         sender, epoch = origin
         fence = self._sender_keys.get(sender)
         if fence is None:
@@ -634,9 +663,9 @@ class RedisBus(Bus):
                 self._sender_keys.clear()
             fence = self._sender_keys[sender] = redis_wire.bulk((self._peer_keys(sender)[0],))
         e = b"%d" % epoch
-        return b"".join((b"*13\r\n", self._send_head, b"$1\r\n4\r\n", keys, fence, b"$%d\r\n" % len(body), body,
+        return b"".join((b"*14\r\n", self._send_head, b"$1\r\n4\r\n", keys, fence, b"$%d\r\n" % len(body), body,
                          b"\r\n", self._send_tail, b"$%d\r\n" % len(key), key, b"\r\n$%d\r\n" % len(e), e, b"\r\n",
-                         flag))
+                         flag, self._send_end))
 
     def _settling(self) -> bool:
         """True for a while after Redis came back empty: until every live node has had a
@@ -679,7 +708,7 @@ class RedisBus(Bus):
             keys = [[state, inbox, channel] for state, inbox, _, channel in map(self._peer_keys, targets)]
 
             def attempt(retry: bool) -> list[Any]:
-                args = [body, self.inbox_limit, self._ttl_ms, key, "", int(retry)]
+                args = [body, self.inbox_limit, self._ttl_ms, key, "", int(retry), self.inbox_bytes]
                 return [self._eval("SEND", k, args) for k in keys]
         results = await self._until_known(lambda retry: _all(attempt(retry)))
         ghosts = [m for m, res in zip(targets, results) if res[0] == 0]
@@ -800,8 +829,30 @@ class RedisBus(Bus):
             if self.metrics is not None and env.sent_ms:
                 self.metrics.publish_latency.observe(max(0.0, time.time() - env.sent_ms / 1000))
             local.mailbox.deliver(env.seq, env.body)
-        else:
+        elif env.kind == "r":
             local.mailbox.replaced()  # its session ends with 4409 and forgets it (Bus.forget)
+            locals_ = self._local.get(local.peer, ())
+            if env.successor and all(x is local for x in locals_):  # its successor is on another node
+                self._spawn(self._report_quota(local.peer, env.successor, local.mailbox.quota()))
+        elif env.kind == "q":
+            snapshot = Snapshot.unpack(env.body)
+            if snapshot is not None:
+                age = (self._redis_time_us(time.monotonic()) / 1000 - env.sent_ms) / 1000
+                local.mailbox.quota_report(snapshot, age)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _report_quota(self, peer: str, successor: int, snapshot: Snapshot) -> None:
+        """Tell the connection that replaced one of ours (on another node) what the peer's
+        quota had left, so a takeover buys nothing (quota.py)."""
+        channel = self._peer_keys(peer)[3]
+        env = envelope.Envelope("q", successor, body=snapshot.pack().encode(),
+                                sent_ms=self._redis_time_us(time.monotonic()) / 1000)
+        with contextlib.suppress(RedisError, OSError):
+            await self._cmd("SPUBLISH" if self.clustered else "PUBLISH", channel, envelope.pack(env))
 
     async def _recover(self) -> None:
         """After Redis comes back (or came back empty): make it agree with what this node

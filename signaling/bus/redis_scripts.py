@@ -10,9 +10,14 @@ Per peer, all under the hash tag `{p:<id>}`:
                  before it has a gap)
   inbox   stream the peer's deliveries; its ids are the seqs, each entry `b` (body) and
                  `k` (the sending node's key for that send, so a retry finds it).
-                 Capped at the inbox limit PLUS ONE: once full, its oldest entry is not
-                 served, it marks the newest seq the bound pushed out (a resume from
-                 before it has a gap). So sending only appends (XADD MAXLEN).
+                 Bounded in entries and in bytes (state `ib`, counted as inbox.entry_size):
+                 SEND lets the oldest go and records the newest one gone in `trimmed`
+                 (a resume from before it has a gap); so does TRIM, for what the
+                 connected client certainly has. (Inboxes written before the byte
+                 bound were capped at the limit plus one, the oldest entry marking the
+                 gap: `window` still reads those.)
+  quota   string the peer's quota as its last connection left it (quota.py), with its
+                 time; kept for as long as it says anything
   rooms   set    the rooms the peer is in
 and its pub/sub channel, `<prefix>:{p:<id>}`. Per room, `{r:<name>}`: members (set).
 
@@ -70,6 +75,12 @@ local function window(inbox, limit, trimmed)
   end
   return last, first, trimmed
 end
+local ENTRY_OVERHEAD = 64  -- inbox.ENTRY_OVERHEAD
+local function entry_size(e)  -- an XRANGE entry, as inbox.entry_size counts it
+  local f = e[2]
+  for j = 1, #f, 2 do if f[j] == 'b' then return #f[j + 1] + ENTRY_OVERHEAD end end
+  return ENTRY_OVERHEAD
+end
 local function bodies(entries)  -- XRANGE entries -> {{id, body}...}
   local out = {}
   for i, e in ipairs(entries) do
@@ -81,18 +92,20 @@ local function bodies(entries)  -- XRANGE entries -> {{id, body}...}
 end
 """
 
-# KEYS: state, inbox, rooms, channel [, grace schedule, this node's peers]
+# KEYS: state, inbox, rooms, channel, quota [, grace schedule, this node's peers]
 # ARGV: node, resume ('' = none), inbox limit, peer, handshake start (us, Redis time), latest start (us),
 #       grace ms
 # -> {-1, why}: refused (why 0: too late, the client has given up; 1: a newer handshake owns the peer)
 #  | {epoch, replaced epoch or -1, resumed 0/1, replay {{id, body}...}, rooms, delivered, resume point,
-#     lost 0/1: a resume from a seq younger than the grace found no state, so Redis lost its data}
+#     lost 0/1: a resume from a seq younger than the grace found no state, so Redis lost its data,
+#     the peer's quota as its last connection left it (false: none) and its age in ms}
 # A handshake that began before the one that owns the peer, or that reaches Redis after its
 # latest start, is refused: a client's abandoned handshake can never take over its newer one.
 ATTACH = _COMMON + """
 local state, inbox, rooms, channel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local node, resume, limit = ARGV[1], ARGV[2], ARGV[3]
 local started = tonumber(ARGV[5])
+if resume ~= '' and not string.match(resume, '^%d+-%d+$') then return redis.error_reply('ATTACH: bad resume') end
 local now = time_us()
 if now > tonumber(ARGV[6]) then return {-1, 0} end
 local prev = redis.call('HMGET', state, 'epoch', 'connected', 'delivered', 'trimmed', 'started')
@@ -117,6 +130,11 @@ if existed then
 end
 if first and cmp(start, first) < 0 then start = first end  -- never serve the marker
 local replay = redis.call('XRANGE', inbox, '(' .. start, '+')
+local quota, quota_age = redis.call('GET', KEYS[5]), 0
+if quota then
+  local q, at = string.match(quota, '^(.*) (%d+)$')
+  quota, quota_age = q or false, math.floor(now / 1000) - (tonumber(at) or 0)
+end
 local point = start  -- a resume from here replays exactly what this connection is given
 if cmp(trimmed, point) > 0 then point = trimmed end
 -- checks and reads done: from here on, writes
@@ -131,21 +149,26 @@ redis.call('PERSIST', state)
 redis.call('PERSIST', inbox)
 redis.call('PERSIST', rooms)
 if replaced ~= -1 then
-  redis.call('PUBLISH', channel, cmsgpack.pack({v = 1, k = 'r', e = tonumber(replaced)}))
+  redis.call('PUBLISH', channel, cmsgpack.pack({v = 1, k = 'r', e = tonumber(replaced), n = tonumber(epoch)}))
 end
-if KEYS[6] then
-  redis.call('ZREM', KEYS[5], ARGV[4])
-  redis.call('SADD', KEYS[6], ARGV[4])
+if KEYS[7] then
+  redis.call('ZREM', KEYS[6], ARGV[4])
+  redis.call('SADD', KEYS[7], ARGV[4])
 end
-return {epoch, replaced, resumed, bodies(replay), redis.call('SMEMBERS', rooms), delivered, point, lost}
+return {epoch, replaced, resumed, bodies(replay), redis.call('SMEMBERS', rooms), delivered, point, lost, quota,
+        quota_age}
 """
 
-# KEYS: state, inbox, rooms [, grace schedule]   ARGV: epoch, final 0/1, delivered ('' = unknown), grace ms,
-# ttl ms, peer  -> {0} stale | {1, deadline ms} reconnecting | {2, rooms} gone
+# KEYS: state, inbox, rooms, quota [, grace schedule]   ARGV: epoch, final 0/1, delivered ('' = unknown),
+# grace ms, ttl ms, peer, quota ('' = none), how long a quota is worth keeping (ms)
+# -> {0} stale | {1, deadline ms} reconnecting | {2, rooms} gone
 DETACH = _KEEPS_ALIVE + _COMMON + """
 local state, inbox, rooms = KEYS[1], KEYS[2], KEYS[3]
 local st = redis.call('HMGET', state, 'epoch', 'connected')
 if st[1] ~= ARGV[1] or st[2] ~= '1' then return {0} end
+if ARGV[7] ~= '' then  -- the peer's next connection, anywhere, starts from it (quota.py)
+  redis.call('SET', KEYS[4], ARGV[7] .. ' ' .. time_ms(), 'PX', ARGV[8])
+end
 if ARGV[2] == '1' then
   local r = redis.call('SMEMBERS', rooms)
   redis.call('DEL', state, inbox, rooms)
@@ -155,7 +178,7 @@ local deadline = time_ms() + tonumber(ARGV[4])
 redis.call('HSET', state, 'connected', 0, 'deadline', deadline)
 if ARGV[3] ~= '' then redis.call('HSET', state, 'delivered', ARGV[3]) end
 for _, key in ipairs({state, inbox, rooms}) do redis.call('PEXPIRE', key, ARGV[5]) end
-if KEYS[4] then redis.call('ZADD', KEYS[4], deadline, ARGV[6]) end
+if KEYS[5] then redis.call('ZADD', KEYS[5], deadline, ARGV[6]) end
 return {1, deadline}
 """
 
@@ -191,7 +214,7 @@ return {1, r, undelivered}
 """
 
 # KEYS: state, inbox, channel [, sender's state]
-# ARGV: body, inbox limit, ttl ms, send key, sender's epoch, retry 0/1
+# ARGV: body, inbox limit, ttl ms, send key, sender's epoch, retry 0/1, inbox bytes
 # -> {0} no peer | {1, seq} delivered | {2, seq} queued
 #  | {3} the sender's connection is not registered (Redis lost it, or it is reconnecting)
 #  | {4} a newer connection of the sender owns its id
@@ -216,7 +239,18 @@ if not st[1] then return {0} end
 local live = st[2] == '1'
 local now = time_ms()
 if not live and tonumber(st[3]) <= now then return {0} end
-local id = redis.call('XADD', inbox, 'MAXLEN', limit + 1, '*', 'b', ARGV[1], 'k', ARGV[4])  -- see the top
+local id = redis.call('XADD', inbox, '*', 'b', ARGV[1], 'k', ARGV[4])
+local bytes = redis.call('HINCRBY', state, 'ib', #ARGV[1] + ENTRY_OVERHEAD)
+local length, most = redis.call('XLEN', inbox), tonumber(ARGV[7])
+if length > limit or bytes > most then  -- the bounds: the oldest go, never the new one (see the top)
+  local cut
+  while length > 1 and (length > limit or bytes > most) do
+    local e = redis.call('XRANGE', inbox, '-', '+', 'COUNT', 1)[1]
+    bytes, length, cut = bytes - entry_size(e), length - 1, e[1]
+    redis.call('XDEL', inbox, cut)
+  end
+  redis.call('HSET', state, 'ib', bytes, 'trimmed', cut)
+end
 if live then
   local heard = redis.call('PUBLISH', channel,
     cmsgpack.pack({v = 1, k = 'd', e = tonumber(st[1]), s = id, b = ARGV[1], t = now}))
@@ -225,6 +259,25 @@ if live then
 end
 if redis.call('PTTL', inbox) < 0 then redis.call('PEXPIRE', inbox, ARGV[3]) end
 return {2, id}
+"""
+
+# The connected client certainly has every entry up to a seq (it answered a ping sent after
+# them): they leave the inbox; a resume from before them then has a gap, as after a bound.
+# KEYS: state, inbox   ARGV: epoch, seq, at most how many  -> entries let go
+TRIM = _KEEPS_ALIVE + _COMMON + """
+local state, inbox = KEYS[1], KEYS[2]
+local st = redis.call('HMGET', state, 'epoch', 'connected', 'trimmed')
+if st[1] ~= ARGV[1] or st[2] ~= '1' or not string.match(ARGV[2], '^%d+-%d+$') then return 0 end
+local gone = redis.call('XRANGE', inbox, '-', ARGV[2], 'COUNT', tonumber(ARGV[3]))
+if #gone == 0 then return 0 end
+local freed, ids = 0, {}
+for i, e in ipairs(gone) do
+  freed, ids[i] = freed + entry_size(e), e[1]
+end
+redis.call('XDEL', inbox, unpack(ids))
+redis.call('HINCRBY', state, 'ib', -freed)
+if not st[3] or cmp(st[3], ids[#ids]) < 0 then redis.call('HSET', state, 'trimmed', ids[#ids]) end
+return #ids
 """
 
 # The sender's fence alone (Redis Cluster, where its state is in another slot than the
@@ -384,6 +437,6 @@ if #ARGV > 4 then redis.call('SADD', rooms, unpack(ARGV, 5)) end
 return {2}
 """
 
-NAMES = ("ATTACH", "DETACH", "ORPHAN", "EXPIRE", "SEND", "OWNS", "JOIN_PEER", "LEAVE_PEER", "JOIN_ROOM",
+NAMES = ("ATTACH", "DETACH", "ORPHAN", "EXPIRE", "SEND", "TRIM", "OWNS", "JOIN_PEER", "LEAVE_PEER", "JOIN_ROOM",
          "LEAVE_ROOM", "MEMBERS_IF_IN", "UNSCHEDULE", "DUE", "LEASE", "MARK_LOST", "DEAD_NODES", "FORGET_NODE",
          "REGISTER")

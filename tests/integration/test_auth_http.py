@@ -93,10 +93,14 @@ async def test_public_key_modes_and_algorithm_confusion(make_node, connect, tmp_
         pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         path = tmp_path / f"{alg}.pem"
         path.write_bytes(pem)
-        node = await make_node(jwt_public_key=str(path))
-        claims = {"sub": "alice", "exp": int(time.time()) + 60}
+        node = await make_node(jwt_public_key=str(path), jwt_audience="signaling")
+        claims = {"sub": "alice", "exp": int(time.time()) + 60, "aud": "signaling"}
         alice = await connect(node, token=jwt.encode(claims, key, algorithm=alg))
         assert alice.peer == "alice"
+        # signed by the same identity provider for another service: refused
+        other = jwt.encode({**claims, "aud": "billing"}, key, algorithm=alg)
+        status, body = await _refused(node, params={"token": other})
+        assert (status, body["error"]) == (401, "invalid-token")
         # HS256 signed with the public key as the HMAC secret: the classic confusion attack
         forged = _b64({"alg": "HS256", "typ": "JWT"}) + "." + _b64(claims)
         sig = hmac.new(pem, forged.encode(), hashlib.sha256).digest()

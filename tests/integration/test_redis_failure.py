@@ -181,7 +181,8 @@ async def test_reader_keeps_up_and_a_slow_consumer_is_cut_off_not_the_node(key_p
     bounded send queue overflows and it alone is closed with 1011, to resume from its inbox."""
     server = RedisServer(None, "--client-output-buffer-limit", "pubsub 256kb 128kb 2").start()
     nodes = [NodeProcess("--redis-url", server.url, "--key-prefix", key_prefix, "--node-id", f"s{i}",
-                         "--rate", "100000", "--burst", "100000", "--send-buffer", "65536").start(tmp_path)
+                         "--rate", "100000", "--burst", "100000", "--byte-rate", "1e9", "--byte-burst", "1000000000",
+                         "--send-buffer", "65536").start(tmp_path)
              for i in (1, 2)]
     try:
         for n in nodes:

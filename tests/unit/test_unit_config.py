@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import dataclasses
 
 import pytest
 
-from signaling.config import (ConfigError, Settings, add_arguments, env_name, load, parse_args, reference_table)
+from signaling.config import (ConfigError, Settings, add_arguments, env_name, load, parse_args, redact_url,
+                              reference_table)
 
 SECRET = "k" * 32
 
@@ -81,7 +83,7 @@ def test_list_flag_overrides_list_env():
 
 
 def test_float_and_int_conversion():
-    s = load(None, {"SIGNALING_RATE": "2.5", "SIGNALING_BURST": "7", "SIGNALING_HOST": "0.0.0.0"})
+    s = load(None, {"SIGNALING_RATE": "2.5", "SIGNALING_BURST": "7", "SIGNALING_HOST": "0.0.0.0", "SIGNALING_OPEN": "1"})
     assert (s.rate, s.burst, s.host) == (2.5, 7, "0.0.0.0")
 
 
@@ -271,3 +273,46 @@ def test_every_setting_has_a_flag_and_help():
 def test_replace_returns_changed_copy():
     s = checked()
     assert s.replace(port=1).port == 1 and s.port == 8080
+
+
+# -- safe defaults when exposed (issue 11) ------------------------------------------------
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "signaling.example.com"])
+def test_open_mode_is_refused_on_an_address_that_is_not_loopback(host):
+    message = config_error(host=host)
+    assert "not a loopback address" in message and "--open" in message and "SIGNALING_JWT_SECRET_FILE" in message
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_open_mode_runs_on_loopback(host):
+    assert not Settings(host=host).check().auth_enabled
+
+
+def test_open_mode_elsewhere_only_when_asked_for():
+    assert Settings(host="0.0.0.0", open=True).check().open
+    assert load(None, {"SIGNALING_HOST": "0.0.0.0", "SIGNALING_OPEN": "true"}).open
+    assert parse_args(["--host", "0.0.0.0", "--open"]).open
+    assert not Settings(host="0.0.0.0", jwt_secret=SECRET).check().open
+
+
+def test_open_with_a_key_is_a_contradiction():
+    assert "--open" in config_error(open=True, jwt_secret=SECRET)
+
+
+def test_a_public_key_needs_an_audience(tmp_path):
+    assert "--jwt-audience" in config_error(jwt_public_key=str(tmp_path / "k.pem"))
+
+
+def test_the_redis_password_never_reaches_the_settings_line():
+    s = Settings(redis_url="rediss://app:s3cr3t@redis.internal:6380/2").check()
+    shown = json.dumps(s.redacted())
+    assert "s3cr3t" not in shown and "rediss://app:***@redis.internal:6380/2" in shown
+    assert redact_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
+    assert redact_url("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_the_redis_url_can_come_from_a_file(tmp_path):
+    path = tmp_path / "redis-url"
+    path.write_text("redis://app:s3cr3t@h:6379/0\n")
+    assert Settings(redis_url_file=str(path)).check().redis_url == "redis://app:s3cr3t@h:6379/0"
+    assert "not both" in config_error(redis_url_file=str(path), redis_url="redis://h")

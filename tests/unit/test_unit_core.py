@@ -8,8 +8,9 @@ import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from signaling.core import (Broadcast, Close, JoinRoom, LeaveRoom, Limits, Peer, Reply, Send, StrikeMeter,
-                            TokenBucket, room_allowed)
+from signaling.core import (Broadcast, Close, JoinRoom, LeaveRoom, Limits, Peer, Reply, Send,
+                            room_allowed)
+from signaling.quota import StrikeMeter, TokenBucket
 from signaling.directory import Outcome, Result
 from signaling.protocol import CloseCode
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from signaling.inbox import LUA_EXACT, RESUME_FUTURE_MS, ZERO, Inbox, format_seq, parse_resume, parse_seq
+from signaling.inbox import LUA_EXACT, entry_size, RESUME_FUTURE_MS, ZERO, Inbox, format_seq, parse_resume, parse_seq
 
 
 # -- seq strings ---------------------------------------------------------------------
@@ -72,7 +72,7 @@ def test_seqs_strictly_increase_for_any_clock(clock):
 
 def test_append_within_the_bound_drops_nothing():
     box = Inbox(limit=2)
-    assert box.append(b"1", 0)[1] is None and box.append(b"2", 0)[1] is None
+    assert box.append(b"1", 0)[1] == [] and box.append(b"2", 0)[1] == []
     assert box.trimmed == ZERO
 
 
@@ -80,7 +80,7 @@ def test_count_bound_returns_the_dropped_oldest_entry_and_sets_trimmed():
     box = Inbox(limit=2)
     s1, _ = box.append(b"1", 0)
     box.append(b"2", 0)
-    _, dropped = box.append(b"3", 0)
+    _, [dropped] = box.append(b"3", 0)
     assert (dropped.seq, dropped.body) == (s1, b"1")
     assert box.trimmed == s1
     assert [e.body for e in box.entries] == [b"2", b"3"]
@@ -90,7 +90,7 @@ def test_old_entries_stay_however_much_time_passes():
     box = Inbox(limit=10)
     box.append(b"1", 0)
     _, dropped = box.append(b"2", 1e6)
-    assert dropped is None and [e.body for e in box.entries] == [b"1", b"2"]
+    assert dropped == [] and [e.body for e in box.entries] == [b"1", b"2"]
 
 
 # -- covers / after -------------------------------------------------------------------
@@ -141,3 +141,34 @@ def test_parse_resume_refuses_what_no_server_sent(text):
 def test_parse_resume_is_parse_seq_or_stricter(text):
     got = parse_resume(text, NOW)
     assert got is None or got == parse_seq(text)
+
+
+# -- the byte bound and trimming what the client has ----------------------------------
+
+def test_byte_bound_drops_the_oldest_until_the_rest_fits_but_never_the_newest():
+    box = Inbox(limit=100, max_bytes=3 * entry_size(b"x" * 100))
+    seqs = [box.append(b"x" * 100, 0)[0] for _ in range(3)]
+    _, dropped = box.append(b"y" * 250, 0)
+    assert [e.seq for e in dropped] == seqs[:2] and box.trimmed == seqs[1]
+    assert box.bytes == sum(entry_size(e.body) for e in box.entries) <= box.max_bytes
+    _, dropped = box.append(b"z" * 10_000, 0)  # bigger than the bound alone: it stays, alone
+    assert [e.body[:1] for e in box.entries] == [b"z"]
+
+
+@given(st.lists(st.integers(0, 3000), max_size=40), st.integers(1, 10), st.integers(100, 8000))
+def test_the_bounds_always_hold(sizes, limit, max_bytes):
+    box = Inbox(limit=limit, max_bytes=max_bytes)
+    for i, n in enumerate(sizes):
+        box.append(b"x" * n, i)
+        assert len(box.entries) <= limit
+        assert box.bytes <= max_bytes or len(box.entries) == 1
+        assert box.bytes == sum(entry_size(e.body) for e in box.entries)
+
+
+def test_trim_through_lets_go_of_what_the_client_has_and_a_resume_from_after_it_is_covered():
+    box = Inbox(limit=10)
+    seqs = [box.append(b"m", 0)[0] for _ in range(4)]
+    box.trim_through(seqs[1])
+    assert [e.seq for e in box.entries] == seqs[2:] and box.trimmed == seqs[1]
+    assert box.covers(seqs[1]) and box.covers(seqs[3]) and not box.covers(seqs[0])
+    assert [e.seq for e in box.after(seqs[1])] == seqs[2:]

@@ -60,7 +60,7 @@ async def _registered_with_inbox(redis_server, key_prefix, entries: int, trimmed
         await r.hset(state, mapping={"epoch": 7, "node": "n1", "connected": 1,
                                      **({"trimmed": trimmed} if trimmed else {})})
     box = Box()
-    bus._local["bob"] = [_Local(box, epoch=7, last_seq=ids[last])]  # noqa: SLF001
+    bus._local["bob"] = [_Local(box, "bob", epoch=7, last_seq=ids[last])]  # noqa: SLF001
     return bus, box, ids
 
 
@@ -113,7 +113,7 @@ def test_resp_packing():
 def test_the_hot_path_packs_send_exactly_as_the_generic_packer_would():
     from signaling.bus.redis_wire import pack
 
-    bus = RedisBus("redis://127.0.0.1:1/0", node_id="n1", grace=30.0, inbox_limit=256)
+    bus = RedisBus("redis://127.0.0.1:1/0", node_id="n1", grace=30.0, inbox_limit=256, inbox_bytes=5000)
     bus._sha = {"SEND": "f" * 40}  # noqa: SLF001
     bus._prepare_send()  # noqa: SLF001 - what start() does once the scripts are known
     body = b'{"type":"message","from":"a","data":"\xc3\xa9\\r\\n"}'
@@ -121,9 +121,9 @@ def test_the_hot_path_packs_send_exactly_as_the_generic_packer_would():
     sender = bus._peer_keys("a")[0]  # noqa: SLF001
     ttl = bus._ttl_ms  # noqa: SLF001
     for retry in (False, True):
-        anonymous = pack(("EVALSHA", "f" * 40, 3, state, inbox, channel, body, 256, ttl, b"k:1", "", int(retry)))
+        anonymous = pack(("EVALSHA", "f" * 40, 3, state, inbox, channel, body, 256, ttl, b"k:1", "", int(retry), 5000))
         fenced = pack(("EVALSHA", "f" * 40, 4, state, inbox, channel, sender, body, 256, ttl, b"k:1",
-                       1796136845519990, int(retry)))
+                       1796136845519990, int(retry), 5000))
         for _ in range(2):  # the second time from the caches
             assert bus._packed_send("b:1", body, None, b"k:1", retry) == anonymous  # noqa: SLF001
             assert bus._packed_send("b:1", body, ("a", 1796136845519990), b"k:1", retry) == fenced  # noqa: SLF001
@@ -142,7 +142,7 @@ async def test_registering_again_after_redis_lost_everything_puts_the_peer_back_
     try:
         state, inbox, rooms, _ = bus._peer_keys("carol")  # noqa: SLF001
         assert await bus._eval("REGISTER", [state, inbox, rooms], [7, "n1", "5-0", 10, "r1"]) == [2]  # noqa: SLF001
-        bus._local["bob"] = [_Local(Box(), epoch=7, last_seq="5-0", rooms=frozenset({"r1", "r2"}))]  # noqa: SLF001
+        bus._local["bob"] = [_Local(Box(), "bob", epoch=7, last_seq="5-0", rooms=frozenset({"r1", "r2"}))]  # noqa: SLF001
         bus._lease_until = time.monotonic() - 0.001  # noqa: SLF001 - lapsed mid-round
         await bus._register_again()  # noqa: SLF001 - Redis has nothing of bob: restored
         state, _, rooms, _ = bus._peer_keys("bob")  # noqa: SLF001
