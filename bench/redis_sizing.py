@@ -35,7 +35,7 @@ async def main(peers: int) -> None:
     workdir = Path("/tmp") / "signaling-sizing"
     workdir.mkdir(exist_ok=True)
     node = NodeProcess("--redis-url", server.url, "--grace", "60", "--rate", "1e6", "--burst", "1000000").start(workdir)
-    http = aiohttp.ClientSession()
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     try:
         await node.wait_ready()
         base = await settle(r)
@@ -45,8 +45,8 @@ async def main(peers: int) -> None:
             await ws.receive(timeout=5)
             sockets.append(ws)
         connected = await settle(r)
-        for ws in sockets:
-            await ws.send_json({"type": "join", "room": "room-with-a-name-of-24", "id": 1})
+        for i, ws in enumerate(sockets):  # rooms of 10, names of 24 characters
+            await ws.send_json({"type": "join", "room": f"room-{i // 10:05d}-of-a-call-xx", "id": 1})
         for ws in sockets:
             while (await ws.receive_json(timeout=5))["type"] != "ack":
                 pass
@@ -55,7 +55,8 @@ async def main(peers: int) -> None:
             ws._response.connection.transport.abort()  # noqa: SLF001
         reconnecting = await settle(r)
         rows = [("connected peer", (connected - base) / peers),
-                ("room membership (peer and room sets)", (joined - connected) / peers),
+                ("room membership, rooms of 10 (both sets, and the peer-joined notices in inboxes)",
+                 (joined - connected) / peers),
                 ("reconnecting peer, empty inbox (vs connected)", (reconnecting - joined) / peers)]
         print(f"| measured with {peers} peers | bytes each |\n| --- | --- |")
         for name, value in rows:
