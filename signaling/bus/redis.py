@@ -157,7 +157,8 @@ class RedisBus(Bus):
         self._expired = 0
         self._detach_failed = False  # a detach could not reach Redis: reconcile at the next heartbeat
         self._recovering = False  # a recovery round is due (the last one failed part-way)
-        self._audit_cursor = 0  # where the sweeper's walk over peer states is
+        self._audit_cursor = 0  # where the sweeper's walk over peer states is (one Redis)
+        self._audit_cursors: dict[str, int] = {}  # the same, per primary (Redis Cluster)
         self._background: set[asyncio.Future[None]] = set()  # fire-and-forget notices (quota reports)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.nodes_key = f"{prefix}:nodes"  # zset: node id -> end of its lease (ms, Redis's clock)
@@ -994,17 +995,27 @@ class RedisBus(Bus):
                 await self._leave_all(peer, [m.decode() for m in rooms])
         await self._audit()
 
+    async def _scan_step(self, pattern: str) -> list[bytes]:
+        """The next AUDIT_BATCH-sized step of a SCAN over every key matching `pattern`
+        (on a cluster: a step on each primary, each with its own cursor)."""
+        if not self.clustered:
+            cursor, keys = await self._cmd("SCAN", self._audit_cursor, "MATCH", pattern, "COUNT", AUDIT_BATCH)
+            self._audit_cursor = int(cursor)
+            return list(keys)
+        found: list[bytes] = []
+        for primary in self._redis.get_primaries():
+            cursors, keys = await self._redis.scan(cursor=self._audit_cursors.get(primary.name, 0), match=pattern,
+                                                   count=AUDIT_BATCH, target_nodes=primary)
+            self._audit_cursors[primary.name] = int(cursors[primary.name])
+            found += keys
+        return found
+
     async def _audit(self) -> None:
         """3. A step of a slow walk over every peer's state (SCAN, AUDIT_BATCH keys a
         sweep): a peer marked connected to a node that has no lease entry, or to this node
         without a connection here, starts its grace; a reconnecting peer with no expiry
-        gets one. No path leaves such ghosts; this repairs them whatever made them.
-        (One Redis only for now: on Redis Cluster the walk would go shard by shard.)"""
-        if self.clustered:
-            return
-        cursor, keys = await self._cmd("SCAN", self._audit_cursor, "MATCH", f"{self.prefix}:{{p:*}}:state",
-                                       "COUNT", AUDIT_BATCH)
-        self._audit_cursor = int(cursor)
+        gets one. No path leaves such ghosts; this repairs them whatever made them."""
+        keys = await self._scan_step(f"{self.prefix}:{{p:*}}:state")
         if not keys:
             return
         live_nodes = {n.decode() for n in await self._cmd("ZRANGE", self.nodes_key, 0, -1)}

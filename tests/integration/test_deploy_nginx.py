@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import ssl
 import subprocess
 
 import aiohttp
@@ -15,8 +14,9 @@ import pytest
 import yaml
 
 from cluster_support import make_cert
-from signaling.launcher import LocalNginx, find_program, local_values, nginx_test, render_nginx
-from support import ROOT, NodeProcess, free_port
+from signaling.launcher import find_program, local_values, nginx_test, render_nginx
+from nginx_support import nginx_in_front
+from support import ROOT, free_port
 
 
 def nginx_version() -> tuple[int, ...]:
@@ -70,37 +70,9 @@ def test_nginx_t_passes_on_the_launcher_config(tmp_path, tls):
 
 @pytest.fixture
 async def production_nginx(tmp_path):
-    """The production rendering (TLS, HTTP redirect, low limits) in front of one real node
-    that trusts 127.0.0.1 as its proxy."""
-    node = NodeProcess("--node-id", "solo", "--trusted-proxies", "127.0.0.1").start(tmp_path)
-    nginx = None
-    try:
-        await node.wait_ready()
-        cert, key = make_cert(tmp_path)
-        http_port, https_port = free_port(), free_port()
-        values = local_values(f"127.0.0.1:{http_port}", [f"127.0.0.1:{node.port}"],
-                              listen_tls=f"127.0.0.1:{https_port}", cert=str(cert), key=str(key),
-                              limit_conn=2, limit_rate="100r/s", limit_burst=5)
-        values["NGINX_REDIRECT_HTTPS"] = "1"
-        nginx = LocalNginx(tmp_path / "nginx")
-        nginx.render(values, tls=True)
-        nginx.start()
-        trust = ssl.create_default_context(cafile=str(cert))
-        async with aiohttp.ClientSession() as http:
-            for _ in range(200):
-                try:
-                    async with http.get(f"https://127.0.0.1:{https_port}/healthz", ssl=trust) as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-        yield {"http": f"http://127.0.0.1:{http_port}", "https": f"https://127.0.0.1:{https_port}",
-               "wss": f"wss://127.0.0.1:{https_port}", "ssl": trust, "node": node, "nginx": nginx}
-    finally:
-        if nginx is not None:
-            await nginx.stop()
-        node.stop()
+    """The production rendering (TLS, HTTP redirect, low limits) in front of one real node."""
+    async with nginx_in_front(tmp_path, redirect=True, limit_conn=2, limit_rate="100r/s", limit_burst=5) as front:
+        yield front
 
 
 async def test_production_config_terminates_tls_redirects_http_and_keeps_tokens_out_of_logs(production_nginx):

@@ -132,3 +132,28 @@ async def test_the_sweeper_repairs_a_peer_no_live_node_holds(cluster, redis_serv
         assert not r.exists(f"{tag}:state")
     finally:
         await bob.close()
+
+
+async def test_the_sweeper_repairs_ghosts_on_redis_cluster(redis_cluster, key_prefix, processes):
+    """The same walk, shard by shard, on Redis Cluster."""
+    nodes = [processes("--redis-url", redis_cluster.url, "--key-prefix", key_prefix, "--node-id", f"c{i}",
+                       "--grace", "1") for i in (1, 2)]
+    for node in nodes:
+        await node.wait_ready()
+    bob = await Client.connect(nodes[1].ws_base, peer="bob")
+    try:
+        await bob.send(type="join", room="r", id="j")
+        await bob.expect("joined")
+        await bob.expect("ack", id="j")
+        host, port = redis_cluster.url.partition("://")[2].split(",")[0].rsplit(":", 1)
+        r = redis.RedisCluster(host=host, port=int(port))
+        tag = f"{key_prefix}:{{p:ghost}}"
+        r.hset(f"{tag}:state", mapping={"epoch": 1, "started": 0, "node": "node-gone", "connected": 1,
+                                        "deadline": 0, "delivered": "0-0"})
+        r.sadd(f"{tag}:rooms", "r")
+        r.sadd(f"{key_prefix}:{{r:r}}:members", "ghost")
+        assert (await bob.expect("peer-left", timeout=8))["peer"] == "ghost"
+        assert not r.exists(f"{tag}:state")
+        r.close()
+    finally:
+        await bob.close()

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import time
 from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
 
-from cluster_support import make_cert
-from signaling.launcher import LocalNginx, local_values
-from support import NodeProcess, free_port
+from nginx_support import nginx_in_front as nginx_in_front_of
+from support import NodeProcess
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,41 +52,8 @@ async def record_for(node: NodeProcess, path: str, timeout: float = 5.0) -> dict
 
 @pytest.fixture
 async def nginx_in_front(tmp_path) -> AsyncIterator[dict[str, Any]]:
-    """The launcher's rendering (HTTP and HTTPS servers) in front of one real node that
-    trusts 127.0.0.1, i.e. nginx, as its proxy; everything stopped by PID afterwards."""
-    node = NodeProcess("--node-id", "solo", "--trusted-proxies", "127.0.0.1", "--log-format", "json").start(tmp_path)
-    nginx = None
-    try:
-        await node.wait_ready()
-        cert, key = make_cert(tmp_path)
-        http_port, https_port = free_port(), free_port()
-        values = local_values(f"127.0.0.1:{http_port}", [f"127.0.0.1:{node.port}"],
-                              listen_tls=f"127.0.0.1:{https_port}", cert=str(cert), key=str(key))
-        nginx = LocalNginx(tmp_path / "nginx")
-        nginx.render(values, tls=True)
-        nginx.start()
-        trust = ssl.create_default_context(cafile=str(cert))
-        bases = {"http": f"127.0.0.1:{http_port}", "https": f"127.0.0.1:{https_port}"}
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-            for scheme, base in bases.items():
-                deadline = time.monotonic() + 10
-                while True:
-                    assert nginx.proc is not None and nginx.proc.poll() is None, nginx.log()
-                    try:
-                        # /readyz, not /healthz or /: the node logs every request, and the
-                        # tests read the access records of those two
-                        async with http.get(f"{scheme}://{base}/readyz", ssl=trust) as r:
-                            if r.status == 200:
-                                break
-                    except (aiohttp.ClientError, asyncio.TimeoutError):
-                        pass
-                    assert time.monotonic() < deadline, f"nginx did not answer on {scheme}://{base}:\n{nginx.log()}"
-                    await asyncio.sleep(0.05)
-        yield {"bases": bases, "ssl": trust, "node": node}
-    finally:
-        if nginx is not None:
-            await nginx.stop()
-        node.stop()
+    async with nginx_in_front_of(tmp_path, "--log-format", "json") as front:
+        yield front
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
