@@ -84,12 +84,19 @@ class ChatPeer:
     def on_peer_left(self, event: dict) -> None:
         if self.link is not None and event["peer"] == self.link.remote:
             self.say(f"{event['peer']} left")
+            self.remote_gone()
+
+    def remote_gone(self) -> None:
+        """The other side hung up: stop, unless everything is in (then chat() ends on its
+        own and says so: the other side, done first, may hang up while this one's last
+        message is still on its way out, and its `bye` can overtake the data channel)."""
+        if not (self.count and len(self.received) >= self.count):
             self.done.set()
 
     def make_link(self, remote: str) -> PeerLink:
         self.link = self.client.link(remote, setup=self.setup)
         self.link.on("state", lambda state: self.say(f"connection {state}"))
-        self.link.on("bye", lambda _: self.done.set())
+        self.link.on("bye", lambda _: self.remote_gone())
         return self.link
 
     def setup(self, pc) -> None:  # noqa: ANN001 - an aiortc RTCPeerConnection
