@@ -193,6 +193,12 @@ class RedisBus(Bus):
         return int(self.quota_memory * 1000) + 1000
 
     @property
+    def _retry_horizon_ms(self) -> int:
+        """How long after a send a retry of it may still come: the batcher gives a reply up
+        after 5 s, and a node retries only while its lease holds. TRIM keeps entries that young."""
+        return int(max(10.0, 5.0 + 3 * self.node_ttl) * 1000)
+
+    @property
     def _grace_ms(self) -> int:
         return int(self.grace * 1000)
 
@@ -559,7 +565,7 @@ class RedisBus(Bus):
     async def trim(self, peer: str, epoch: int, seq: str) -> None:
         state, inbox, _, _ = self._peer_keys(peer)
         with contextlib.suppress(RedisError, OSError):  # only memory to give back: the next one will
-            await self._eval("TRIM", [state, inbox], [epoch, seq, self.inbox_limit + 1])
+            await self._eval("TRIM", [state, inbox], [epoch, seq, self.inbox_limit + 1, self._retry_horizon_ms])
 
     async def forget(self, peer: str, epoch: int) -> None:
         local = next((x for x in self._local.get(peer, []) if x.epoch == epoch), None)

@@ -263,17 +263,20 @@ return {2, id}
 
 # The connected client certainly has every entry up to a seq (it answered a ping sent after
 # them): they leave the inbox; a resume from before them then has a gap, as after a bound.
-# KEYS: state, inbox   ARGV: epoch, seq, at most how many  -> entries let go
+# Entries younger than the retry horizon stay: a sender whose reply was lost looks for its
+# send's key in the inbox when it tries again (SEND), and must find it there.
+# KEYS: state, inbox   ARGV: epoch, seq, at most how many, retry horizon ms  -> entries let go
 TRIM = _KEEPS_ALIVE + _COMMON + """
 local state, inbox = KEYS[1], KEYS[2]
 local st = redis.call('HMGET', state, 'epoch', 'connected', 'trimmed')
 if st[1] ~= ARGV[1] or st[2] ~= '1' or not string.match(ARGV[2], '^%d+-%d+$') then return 0 end
-local gone = redis.call('XRANGE', inbox, '-', ARGV[2], 'COUNT', tonumber(ARGV[3]))
-if #gone == 0 then return 0 end
+local cutoff = time_ms() - tonumber(ARGV[4])
 local freed, ids = 0, {}
-for i, e in ipairs(gone) do
-  freed, ids[i] = freed + entry_size(e), e[1]
+for _, e in ipairs(redis.call('XRANGE', inbox, '-', ARGV[2], 'COUNT', tonumber(ARGV[3]))) do
+  if parse(e[1]) > cutoff then break end
+  freed, ids[#ids + 1] = freed + entry_size(e), e[1]
 end
+if #ids == 0 then return 0 end
 redis.call('XDEL', inbox, unpack(ids))
 redis.call('HINCRBY', state, 'ib', -freed)
 if not st[3] or cmp(st[3], ids[#ids]) < 0 then redis.call('HSET', state, 'trimmed', ids[#ids]) end

@@ -251,18 +251,21 @@ async def test_messages_queued_for_a_node_taken_for_dead_are_not_lost_silently_w
 
 # -- 6. a lost Redis reply -------------------------------------------------------------------
 
-@pytest.mark.parametrize("bob_on", ["A", "B"], ids=["same-node", "cross-node"])
+@pytest.mark.parametrize("bob_on", ["A", "B", "B-pinged"], ids=["same-node", "cross-node", "cross-node-trimmed"])
 async def test_send_whose_redis_reply_is_lost_is_delivered_once_and_acked(lab, bob_on):
     """Issue 10.6: Redis runs alice's SEND (it is in bob's inbox, and published) but its
     reply never reaches A: A's command connection drops while the reply is held; A's pub/sub
     connection stays up. bob must process the message exactly once, and alice must not be
-    told `unavailable` for it (an ack, late or not, is the truth)."""
+    told `unavailable` for it (an ack, late or not, is the truth). `B-pinged`: bob's node
+    pings him every 0.25 s, and his pongs let his inbox go of what he has read (TRIM), while
+    alice's retry still has to find her first try there (a duplicate in fault seed 709411)."""
     import redis.asyncio as aioredis
 
     redis = lab.redis()
     link = await lab.command_link(redis)
-    node_a = await lab.node("A", f"redis://127.0.0.1:{link.port}/0")
-    node_b = await lab.node("B", redis.url)
+    pinged = bob_on == "B-pinged"  # (and A's lease outlasts the wait below, so A retries)
+    node_a = await lab.node("A", f"redis://127.0.0.1:{link.port}/0", ttl=5 if pinged else 1)
+    node_b = await lab.node("B", redis.url, extra=("--heartbeat", "0.5") if pinged else ())
     alice = await lab.app("alice", node_a, reconnect_to=[node_a, node_b])
     bob = await lab.app("bob", node_a if bob_on == "A" else node_b, reconnect_to=[node_a, node_b])
     await talk(alice, "bob", range(0, 3))
@@ -280,6 +283,8 @@ async def test_send_whose_redis_reply_is_lost_is_delivered_once_and_acked(lab, b
     finally:
         await direct.aclose()
     await received(bob, alice, "to-bob", 3, timeout=3)  # published: it reaches bob's node
+    if pinged:
+        await asyncio.sleep(1.5)  # bob's pongs would have let message 3 go from his inbox by now
     link.drop_commands()  # the held reply is lost with A's command connection
     await settle(lambda: sent.outcome not in ("pending", "unacked"), 10)
     last = await send_until_acked(alice, "bob", 4)

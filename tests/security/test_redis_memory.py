@@ -62,7 +62,9 @@ async def test_one_sender_cannot_make_redis_hold_more_than_the_inbox_bound_per_r
         assert peak <= 5 * INBOX_BYTES * 1.5 + 4_000_000, f"one client made Redis hold {peak / 1e6:.1f} MB"
         # the reader's client answered pings sent after what it read: its inbox lets go of it
         await eventually(lambda: got >= 300, timeout=20)
-        await eventually(lambda: r.xlen(f"{key_prefix}:{{p:reader}}:inbox") == 0, timeout=5)
+        # (once older than the retry horizon, 10 s: a sender whose reply was lost must find its send)
+        await eventually(lambda: r.xlen(f"{key_prefix}:{{p:reader}}:inbox") == 0, timeout=16)
+        assert r.xlen(f"{key_prefix}:{{p:idle0}}:inbox") > 0  # what the idle ones never read stays
         reading.cancel()
         async with aiohttp.ClientSession() as http:
             for node in (node1, node2):
