@@ -78,7 +78,8 @@ def entry_size(body: bytes) -> int:
 
 @dataclass
 class Inbox:
-    """The last `limit` deliveries, at most `max_bytes` of them (`entry_size`); `trimmed`
+    """The last `limit` deliveries, at most `max_bytes` of them (`entry_size`; past a bound
+    the oldest go down to 15/16 of it, so a full inbox is trimmed in batches); `trimmed`
     marks the gap the bounds have made, and what `trim_through` let go of.
 
     There is no age bound: the whole inbox goes when its peer's grace runs out, so a
@@ -103,8 +104,11 @@ class Inbox:
         self.entries.append(Entry(seq, body))
         self.bytes += entry_size(body)
         dropped = []
-        while len(self.entries) > 1 and (len(self.entries) > self.limit or self.bytes > self.max_bytes):
-            dropped.append(self._drop())
+        if len(self.entries) > self.limit or self.bytes > self.max_bytes:
+            # a sixteenth of each bound at a time, as the Redis bus does (its SEND trims in batches)
+            keep, keep_bytes = self.limit - self.limit // 16, self.max_bytes - self.max_bytes // 16
+            while len(self.entries) > 1 and (len(self.entries) > keep or self.bytes > keep_bytes):
+                dropped.append(self._drop())
         return seq, dropped
 
     def trim_through(self, seq: Seq) -> None:

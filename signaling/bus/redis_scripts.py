@@ -11,7 +11,8 @@ Per peer, all under the hash tag `{p:<id>}`:
   inbox   stream the peer's deliveries; its ids are the seqs, each entry `b` (body) and
                  `k` (the sending node's key for that send, so a retry finds it).
                  Bounded in entries and in bytes (state `ib`, counted as inbox.entry_size):
-                 SEND lets the oldest go and records the newest one gone in `trimmed`
+                 SEND lets the oldest go (past a bound, down to 15/16 of it) and records
+                 the newest one gone in `trimmed`
                  (a resume from before it has a gap); so does TRIM, for what the
                  connected client certainly has. (Inboxes written before the byte
                  bound were capped at the limit plus one, the oldest entry marking the
@@ -243,12 +244,19 @@ local id = redis.call('XADD', inbox, '*', 'b', ARGV[1], 'k', ARGV[4])
 local bytes = redis.call('HINCRBY', state, 'ib', #ARGV[1] + ENTRY_OVERHEAD)
 local length, most = redis.call('XLEN', inbox), tonumber(ARGV[7])
 if length > limit or bytes > most then  -- the bounds: the oldest go, never the new one (see the top)
-  local cut
-  while length > 1 and (length > limit or bytes > most) do
-    local e = redis.call('XRANGE', inbox, '-', '+', 'COUNT', 1)[1]
-    bytes, length, cut = bytes - entry_size(e), length - 1, e[1]
-    redis.call('XDEL', inbox, cut)
+  -- a sixteenth of each bound at a time, so a full inbox is trimmed every 16th send, not every one
+  local keep, keep_bytes = limit - math.floor(limit / 16), most - math.floor(most / 16)
+  local cut, ids = nil, {}
+  while length > 1 and (length > keep or bytes > keep_bytes) do
+    local batch = redis.call('XRANGE', inbox, cut and ('(' .. cut) or '-', '+', 'COUNT', 16)
+    if #batch == 0 then break end  -- (the count and the stream disagree: never loop for ever)
+    for _, e in ipairs(batch) do
+      if length <= 1 or (length <= keep and bytes <= keep_bytes) then break end
+      bytes, length, cut = bytes - entry_size(e), length - 1, e[1]
+      ids[#ids + 1] = cut
+    end
   end
+  redis.call('XDEL', inbox, unpack(ids))
   redis.call('HSET', state, 'ib', bytes, 'trimmed', cut)
 end
 if live then

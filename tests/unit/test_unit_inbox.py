@@ -76,6 +76,14 @@ def test_append_within_the_bound_drops_nothing():
     assert box.trimmed == ZERO
 
 
+def test_a_full_inbox_lets_a_sixteenth_go_at_once():
+    box = Inbox(limit=32)
+    seqs = [box.append(b"m", 0)[0] for _ in range(32)]
+    _, dropped = box.append(b"m", 0)
+    assert [e.seq for e in dropped] == seqs[:3] and len(box.entries) == 30  # 32 - 32 // 16
+    assert all(box.append(b"m", 0)[1] == [] for _ in range(2))  # the next sends trim nothing
+
+
 def test_count_bound_returns_the_dropped_oldest_entry_and_sets_trimmed():
     box = Inbox(limit=2)
     s1, _ = box.append(b"1", 0)
@@ -148,8 +156,8 @@ def test_parse_resume_is_parse_seq_or_stricter(text):
 def test_byte_bound_drops_the_oldest_until_the_rest_fits_but_never_the_newest():
     box = Inbox(limit=100, max_bytes=3 * entry_size(b"x" * 100))
     seqs = [box.append(b"x" * 100, 0)[0] for _ in range(3)]
-    _, dropped = box.append(b"y" * 250, 0)
-    assert [e.seq for e in dropped] == seqs[:2] and box.trimmed == seqs[1]
+    _, dropped = box.append(b"y" * 250, 0)  # past the bound: down to 15/16 of it
+    assert [e.seq for e in dropped] == seqs and box.trimmed == seqs[2]
     assert box.bytes == sum(entry_size(e.body) for e in box.entries) <= box.max_bytes
     _, dropped = box.append(b"z" * 10_000, 0)  # bigger than the bound alone: it stays, alone
     assert [e.body[:1] for e in box.entries] == [b"z"]
