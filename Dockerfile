@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One signaling node. Slim, non-root, no compilers in the final image.
 #
 #   docker build -t signaling .

@@ -70,8 +70,9 @@ class AppPeer:
     had arrived is unknowable to the sender, so its copy is recorded as a resend.
     """
 
-    def __init__(self, endpoint: str, peer: str, http: aiohttp.ClientSession) -> None:
+    def __init__(self, endpoint: str, peer: str, http: aiohttp.ClientSession, token: str | None = None) -> None:
         self.endpoint, self.peer, self.http = endpoint, peer, http
+        self.token = token  # sent as `?token=` on every (re)connection, where the nodes check JWTs
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.connected = asyncio.Event()
         self.generation = 0  # bumped on every new connection
@@ -102,6 +103,8 @@ class AppPeer:
     async def _connect(self, deadline_s: float = 20.0) -> None:
         deadline = time.monotonic() + deadline_s
         params = {"peer": self.peer}
+        if self.token is not None:
+            params["token"] = self.token
         if self.last_seq is not None:
             params["resume"] = self.last_seq
         while True:
@@ -139,7 +142,13 @@ class AppPeer:
             await self._connect()
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> int | None:
-        async for msg in ws:
+        while True:
+            msg = await ws.receive()
+            if msg.type is aiohttp.WSMsgType.CLOSE:
+                # The code the server sent. aiohttp's ws.close_code turns 1006 when its
+                # close reply cannot be written because a proxy has already closed the
+                # connection after relaying the server's close frame.
+                return int(msg.data)
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 break
             frame = json.loads(msg.data)
