@@ -14,6 +14,8 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import strategies
+
 from signaling import protocol
 from signaling.app import create_app
 from signaling.config import Settings
@@ -21,10 +23,9 @@ from support import free_port
 
 CODES = {c.value for c in protocol.ErrorCode}
 
-json_values = st.recursive(
+json_values = strategies.json_values(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
-    max_leaves=20,
+    width=5, key_size=10, max_leaves=20,
 )
 # objects that look like protocol messages: known and unknown types, fields of any type
 message_like = st.fixed_dictionaries(

@@ -26,7 +26,10 @@ def used(r: redis.Redis) -> int:
 
 async def test_one_sender_cannot_make_redis_hold_more_than_the_inbox_bound_per_recipient(cluster, redis_server,
                                                                                           key_prefix):
-    node1, node2 = await cluster(2, "--inbox-bytes", str(INBOX_BYTES), "--heartbeat", "1", *FAST)
+    # a send buffer above the 18 MB sent, so the reader, in this busy process, is never cut off
+    # as a slow consumer (the idle ones are held by their inbox bound either way)
+    node1, node2 = await cluster(2, "--inbox-bytes", str(INBOX_BYTES), "--heartbeat", "1", "--send-buffer",
+                                 str(32 << 20), *FAST)
     r = redis.Redis.from_url(redis_server.url)
     idle = [await Client.connect(node2.ws_base, peer=f"idle{i}") for i in range(4)]
     reader = await Client.connect(node2.ws_base, peer="reader")

@@ -8,6 +8,8 @@ import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import strategies
+
 from signaling.core import (Broadcast, Close, JoinRoom, LeaveRoom, Limits, Peer, Reply, Send,
                             room_allowed)
 from signaling.quota import StrikeMeter, TokenBucket
@@ -298,9 +300,9 @@ def test_unavailable_is_unavailable_error_with_id(work):
 
 # -- robustness ---------------------------------------------------------------------
 
-json_values = st.recursive(
+json_values = strategies.json_values(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
-    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=8)
+    width=3, key_size=5, max_leaves=8)
 objects = st.fixed_dictionaries({}, optional={
     "type": st.sampled_from(["offer", "answer", "candidate", "bye", "message", "join", "leave", "ping"]) | json_values,
     "to": st.sampled_from(["bob", "alice"]) | json_values, "room": st.sampled_from(["r", "s"]) | json_values,

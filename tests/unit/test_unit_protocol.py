@@ -8,6 +8,8 @@ import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import strategies
+
 from signaling import protocol as p
 from signaling.protocol import ErrorCode, Join, Leave, Ping, ProtocolError, Relay
 
@@ -254,8 +256,7 @@ def test_parse_raises_only_protocol_error(raw):
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1),
                          st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=10))
-json_values = st.recursive(json_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
-                           max_leaves=10)
+json_values = strategies.json_values(json_scalars, width=3, key_size=5, max_leaves=10)
 fields = st.fixed_dictionaries({}, optional={
     "type": st.sampled_from(sorted(p.CLIENT_TYPES)) | json_values,
     "to": st.sampled_from(["bob", "x" * 65]) | json_values,
