@@ -331,8 +331,9 @@ class Session:
         """The client's WebSocket answered a ping written after `seq`: it has read every
         frame up to it, so the inbox need not keep them (bounded Redis memory per
         connected peer; a resume from before it reads `resumed: false`, as after the bound)."""
-        self._ping_seq, self._trimmed_to = None, seq
-        await self.node.bus.trim(self.peer, self.epoch, seq)
+        self._ping_seq = None
+        if await self.node.bus.trim(self.peer, self.epoch, seq):
+            self._trimmed_to = seq  # else the next tick pings (and trims) again
 
     def tick(self) -> None:
         """One heartbeat tick (every half `heartbeat`): a connection heard from since the

@@ -125,10 +125,12 @@ class Bus(abc.ABC):
         connection (`Attached.quota`) on whichever node (final or not).
         """
 
-    async def trim(self, peer: str, epoch: int, seq: str) -> None:
+    async def trim(self, peer: str, epoch: int, seq: str) -> bool:
         """Connection `epoch` of `peer` certainly has every delivery up to `seq` (its
         client's WebSocket answered a ping sent after them): they may leave its inbox. A
-        resume from before `seq` then has a gap (resumed: false), as after the bound."""
+        resume from before `seq` then has a gap (resumed: false), as after the bound.
+        False if some of them must stay a while yet (ask again later)."""
+        return True
 
     async def forget(self, peer: str, epoch: int) -> None:
         """Connection `epoch` of `peer` was replaced: it gets nothing more (no detach)."""

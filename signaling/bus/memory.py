@@ -54,8 +54,9 @@ class MemoryBus(Bus):
         if not final:
             self._expire_later(self.directory.grace)
 
-    async def trim(self, peer: str, epoch: int, seq: str) -> None:
+    async def trim(self, peer: str, epoch: int, seq: str) -> bool:
         self.directory.trim(peer, epoch, seq)
+        return True  # (no retries here: no horizon to keep)
 
     async def send(self, to: str, body: bytes, *, origin: tuple[str, int] | None = None) -> Result:
         return self._dispatched(self.directory.send(to, body, self.clock(), origin))

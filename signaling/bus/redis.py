@@ -562,10 +562,13 @@ class RedisBus(Bus):
                 await self._cmd("SREM", self._node_peers_key(self.node_id), peer)
         return res
 
-    async def trim(self, peer: str, epoch: int, seq: str) -> None:
+    async def trim(self, peer: str, epoch: int, seq: str) -> bool:
         state, inbox, _, _ = self._peer_keys(peer)
-        with contextlib.suppress(RedisError, OSError):  # only memory to give back: the next one will
-            await self._eval("TRIM", [state, inbox], [epoch, seq, self.inbox_limit + 1, self._retry_horizon_ms])
+        try:
+            done = await self._eval("TRIM", [state, inbox], [epoch, seq, self.inbox_limit + 1, self._retry_horizon_ms])
+        except (RedisError, OSError):
+            return False  # only memory to give back: the next tick tries again
+        return bool(done)
 
     async def forget(self, peer: str, epoch: int) -> None:
         local = next((x for x in self._local.get(peer, []) if x.epoch == epoch), None)

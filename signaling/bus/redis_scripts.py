@@ -273,22 +273,23 @@ return {2, id}
 # them): they leave the inbox; a resume from before them then has a gap, as after a bound.
 # Entries younger than the retry horizon stay: a sender whose reply was lost looks for its
 # send's key in the inbox when it tries again (SEND), and must find it there.
-# KEYS: state, inbox   ARGV: epoch, seq, at most how many, retry horizon ms  -> entries let go
+# KEYS: state, inbox   ARGV: epoch, seq, at most how many, retry horizon ms
+# -> 1 everything up to seq is gone | 0 some of it is too young yet (or not this connection's)
 TRIM = _KEEPS_ALIVE + _COMMON + """
 local state, inbox = KEYS[1], KEYS[2]
 local st = redis.call('HMGET', state, 'epoch', 'connected', 'trimmed')
 if st[1] ~= ARGV[1] or st[2] ~= '1' or not string.match(ARGV[2], '^%d+-%d+$') then return 0 end
 local cutoff = time_ms() - tonumber(ARGV[4])
-local freed, ids = 0, {}
+local freed, ids, young = 0, {}, 0
 for _, e in ipairs(redis.call('XRANGE', inbox, '-', ARGV[2], 'COUNT', tonumber(ARGV[3]))) do
-  if parse(e[1]) > cutoff then break end
+  if parse(e[1]) > cutoff then young = 1 break end
   freed, ids[#ids + 1] = freed + entry_size(e), e[1]
 end
-if #ids == 0 then return 0 end
+if #ids == 0 then return 1 - young end
 redis.call('XDEL', inbox, unpack(ids))
 redis.call('HINCRBY', state, 'ib', -freed)
 if not st[3] or cmp(st[3], ids[#ids]) < 0 then redis.call('HSET', state, 'trimmed', ids[#ids]) end
-return #ids
+return 1 - young
 """
 
 # The sender's fence alone (Redis Cluster, where its state is in another slot than the
