@@ -1027,9 +1027,12 @@ class RedisBus(Bus):
         keys = await self._scan_step(f"{self.prefix}:{{p:*}}:state")
         if not keys:
             return
-        live_nodes = {n.decode() for n in await self._cmd("ZRANGE", self.nodes_key, 0, -1)}
         states = await asyncio.gather(*(self._cmd("HMGET", k, "node", "connected") for k in keys),
                                       *(self._cmd("PTTL", k) for k in keys))
+        # the leases after the states: a node takes its lease before it registers a peer, so
+        # a state that names a node is never judged by a list read before that node came back
+        # (after Redis restarted empty, a live node's peers were orphaned that way)
+        live_nodes = {n.decode() for n in await self._cmd("ZRANGE", self.nodes_key, 0, -1)}
         head, tail = len(self.prefix) + 4, len("}:state")
         ghosts: dict[str, list[str]] = {}
         for key, (node, connected), ttl in zip(keys, states[:len(keys)], states[len(keys):]):
