@@ -151,6 +151,7 @@ class RedisBus(Bus):
         self._lease_timer: asyncio.TimerHandle | None = None
         self._offset_us = 0.0  # Redis's clock minus this node's monotonic clock, in us (from lease replies)
         self._offset_rtt = 0.0  # s: the round trip the estimate came from (0: none yet)
+        self._last_started, self._last_began = 0.0, 0  # the latest handshake converted (see _handshake_time)
         self._era_ms = 0  # when Redis's data set began (Redis's clock), from lease replies
         self._era_lost = False  # it began by losing an earlier one that nodes were serving from
         self._tasks: list[asyncio.Task[None]] = []
@@ -363,6 +364,17 @@ class RedisBus(Bus):
         """Redis's clock at local monotonic time `monotonic`, as known from the last lease reply."""
         return int(monotonic * 1e6 + self._offset_us)
 
+    def _handshake_time(self, started: float) -> int:
+        """Redis's clock when a handshake began (`started`, monotonic). A handshake that began
+        after the last one converted is never placed before it: a lease reply that corrects the
+        estimate of Redis's clock backwards between two attaches would otherwise order them
+        the wrong way round, and the later one was refused as older (a contract test, once)."""
+        began = self._redis_time_us(started)
+        if started > self._last_started:
+            began = max(began, self._last_began + 1)
+            self._last_started, self._last_began = started, began
+        return began
+
     def _held_lease(self, sent: float, redis_us: int) -> None:
         """A lease request sent at `sent` (monotonic) was granted by Redis at `redis_us`."""
         received = time.monotonic()
@@ -489,7 +501,7 @@ class RedisBus(Bus):
                      started: float | None = None) -> Attached:
         self._check_serving()
         state, inbox, rooms, channel = self._peer_keys(peer)
-        began = self._redis_time_us(time.monotonic() if started is None else started)
+        began = self._handshake_time(time.monotonic() if started is None else started)
         local = _Local(mailbox, peer)
         locals_ = self._local.setdefault(peer, [])
         locals_.append(local)
