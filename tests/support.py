@@ -19,10 +19,20 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-that-is-at-least-32-bytes-long"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port never handed out before in this process: the kernel may give the same
+    ephemeral port twice before the first taker binds it (two nodes of one cluster fixture
+    got one port, and one log file, in a CI run; the test then killed both clients' node)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class Client:
