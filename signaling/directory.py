@@ -125,12 +125,14 @@ class Directory:
             record.delivered = min(seq, record.inbox.last)
         return []
 
-    def trim(self, peer: str, epoch: int, seq: str) -> None:
-        """Connection `epoch` of `peer` certainly has every delivery up to `seq`."""
+    def trim(self, peer: str, epoch: int, seq: str, now: float) -> bool:
+        """Connection `epoch` of `peer` has read every delivery up to `seq` (see
+        Inbox.trim_through); False if some must stay a while yet."""
         record = self.peers.get(peer)
         point = parse_seq(seq)
         if record is not None and record.epoch == epoch and record.connected and point is not None:
-            record.inbox.trim_through(point)
+            return record.inbox.trim_through(point, now)
+        return True
 
     def owner(self, peer: str) -> tuple[int, bool] | None:
         """(epoch, connected) of the peer, or None when absent."""

@@ -69,6 +69,11 @@ class Entry:
     body: bytes
 
 
+# Entries a connected client has read stay this long (seconds) all the same: its app may
+# not have processed them when it dies (it resumes from what it processed), and on the
+# Redis bus a send retried after a lost reply looks for its first try among them.
+TRIM_HORIZON = 10.0
+
 ENTRY_OVERHEAD = 64  # bytes an inbox entry costs beyond its body (the seq, the send key, the stream's own)
 
 
@@ -111,11 +116,16 @@ class Inbox:
                 dropped.append(self._drop())
         return seq, dropped
 
-    def trim_through(self, seq: Seq) -> None:
-        """The connected client certainly has every entry up to `seq`: let them go (a
-        resume from before `seq` then has a gap, as after a bound)."""
+    def trim_through(self, seq: Seq, now: float) -> bool:
+        """The connected client's WebSocket has read every entry up to `seq`: let those go
+        that are older than TRIM_HORIZON (a resume from before them then has a gap, as
+        after a bound). False if some are too young yet: ask again later."""
+        cutoff = (now - TRIM_HORIZON) * 1000
         while self.entries and self.entries[0].seq <= seq:
+            if self.entries[0].seq[0] > cutoff:
+                return False
             self._drop()
+        return True
 
     def _drop(self) -> Entry:
         entry = self.entries.popleft()

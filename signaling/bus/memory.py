@@ -55,8 +55,7 @@ class MemoryBus(Bus):
             self._expire_later(self.directory.grace)
 
     async def trim(self, peer: str, epoch: int, seq: str) -> bool:
-        self.directory.trim(peer, epoch, seq)
-        return True  # (no retries here: no horizon to keep)
+        return self.directory.trim(peer, epoch, seq, self.clock())
 
     async def send(self, to: str, body: bytes, *, origin: tuple[str, int] | None = None) -> Result:
         return self._dispatched(self.directory.send(to, body, self.clock(), origin))

@@ -51,7 +51,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import envelope
 from ..directory import Attached, Outcome, Result
-from ..inbox import seq_key
+from ..inbox import TRIM_HORIZON, seq_key
 from ..quota import Snapshot
 from ..protocol import room_event
 from . import redis_scripts as lua
@@ -195,9 +195,10 @@ class RedisBus(Bus):
 
     @property
     def _retry_horizon_ms(self) -> int:
-        """How long after a send a retry of it may still come: the batcher gives a reply up
-        after 5 s, and a node retries only while its lease holds. TRIM keeps entries that young."""
-        return int(max(10.0, 5.0 + 3 * self.node_ttl) * 1000)
+        """TRIM keeps entries this young (inbox.TRIM_HORIZON), and at least as long as a
+        retry of a send may still come: the batcher gives a reply up after 5 s, and a node
+        retries only while its lease holds."""
+        return int(max(TRIM_HORIZON, 5.0 + 3 * self.node_ttl) * 1000)
 
     @property
     def _grace_ms(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import aiohttp
@@ -51,6 +52,30 @@ async def test_resume_replays_what_was_sent_but_not_processed(make_node, connect
     assert [m["data"] for m in got] == [3, 4, 5]
     assert [m["seq"] for m in got] == seqs[3:]  # the same seqs: the client can deduplicate
     await bob2.silent()
+
+
+async def test_frames_read_but_not_processed_come_again_though_pongs_confirmed_them(make_node, connect):
+    """PROTOCOL.md: a resume from the last seq *processed* gets every message after it. The
+    node lets a connected peer's inbox go of what its WebSocket answered pings after (a
+    pong every 0.1 s here), but never of what arrived within the last TRIM_HORIZON
+    seconds: an app that dies with frames read and unprocessed gets them again."""
+    node = await make_node(grace=10, heartbeat=0.2)
+    alice, bob = await connect(node, peer="alice"), await connect(node, peer="bob")
+    seqs = []
+    for i in range(6):
+        await alice.send(type="message", to="bob", data=i)
+        seqs.append((await bob.expect("message", data=i))["seq"])
+    # reading for a second: its WebSocket answers the node's pings, each confirming seqs[5]
+    # (not `silent`: aiohttp's receive timeout restarts with every ping answered)
+    reading = asyncio.ensure_future(bob.ws.receive())
+    await asyncio.sleep(1.0)
+    assert not reading.done(), reading.result()
+    reading.cancel()
+    await bob.drop()  # its app only processed 0..2
+    await _away(node, make_node)
+    bob2 = await connect(node, peer="bob", resume=seqs[2])
+    assert bob2.welcome["resumed"] is True
+    assert [(await bob2.recv())["data"] for _ in range(3)] == [3, 4, 5]
 
 
 async def test_reconnect_without_resume_gets_what_was_queued_since_the_drop(make_node, connect):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from signaling.inbox import LUA_EXACT, entry_size, RESUME_FUTURE_MS, ZERO, Inbox, format_seq, parse_resume, parse_seq
+from signaling.inbox import LUA_EXACT, TRIM_HORIZON, entry_size, RESUME_FUTURE_MS, ZERO, Inbox, format_seq, parse_resume, parse_seq
 
 
 # -- seq strings ---------------------------------------------------------------------
@@ -173,10 +173,18 @@ def test_the_bounds_always_hold(sizes, limit, max_bytes):
         assert box.bytes == sum(entry_size(e.body) for e in box.entries)
 
 
+def test_trim_through_keeps_what_is_younger_than_the_horizon():
+    box = Inbox(limit=10)
+    seqs = [box.append(b"m", t)[0] for t in (0, 5, 9)]
+    assert box.trim_through(seqs[2], 12) is False  # 5 and 9 are younger than 10 s at 12
+    assert [e.seq for e in box.entries] == seqs[1:]
+    assert box.trim_through(seqs[2], 19.5) is True and not box.entries
+
+
 def test_trim_through_lets_go_of_what_the_client_has_and_a_resume_from_after_it_is_covered():
     box = Inbox(limit=10)
     seqs = [box.append(b"m", 0)[0] for _ in range(4)]
-    box.trim_through(seqs[1])
+    assert box.trim_through(seqs[1], TRIM_HORIZON)
     assert [e.seq for e in box.entries] == seqs[2:] and box.trimmed == seqs[1]
     assert box.covers(seqs[1]) and box.covers(seqs[3]) and not box.covers(seqs[0])
     assert [e.seq for e in box.after(seqs[1])] == seqs[2:]
