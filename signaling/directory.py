@@ -19,6 +19,7 @@ connection wins). A detach or delivery for an older epoch is ignored.
 from __future__ import annotations
 
 import enum
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -76,6 +77,7 @@ class PeerRecord:
     deadline: float = 0.0  # when reconnecting: the end of the grace
     delivered: Seq = (0, 0)  # last seq the connection wrote out (a reconnect without `resume=` starts after it)
     rooms: set[str] = field(default_factory=set)
+    born: int = 0  # epoch of the attach that created the record: expiry takes peers in this order
 
 
 class Directory:
@@ -85,6 +87,10 @@ class Directory:
         self.peers: dict[str, PeerRecord] = {}  # peer id -> its record while connected or reconnecting
         self.rooms: dict[str, set[str]] = {}  # room name -> member peer ids
         self._epoch = 0
+        # a min-heap of (deadline, peer, epoch), one per non-final detach; an entry whose
+        # peer has since attached again is stale and skipped when it reaches the top
+        self._deadlines: list[tuple[float, str, int]] = []
+        self._stale = 0  # stale entries in _deadlines: past half of it, it is rebuilt
         self.expired_messages = 0  # inbox entries dropped before a reconnecting peer got them
 
     # -- connections ---------------------------------------------------------------
@@ -92,7 +98,7 @@ class Directory:
         self._epoch += 1
         record = self.peers.get(peer)
         if record is None:
-            record = PeerRecord(self._epoch, node, Inbox(self.inbox_limit, self.inbox_bytes))
+            record = PeerRecord(self._epoch, node, Inbox(self.inbox_limit, self.inbox_bytes), born=self._epoch)
             record.delivered = record.inbox.last
             self.peers[peer] = record
             return Attached(self._epoch, None, False, [], frozenset(), format_seq(record.inbox.last))
@@ -106,6 +112,8 @@ class Directory:
             start = record.delivered if not record.connected else record.inbox.last
         replay = record.inbox.after(start)
         record.epoch, record.node, record.connected, record.deadline = self._epoch, node, True, 0.0
+        if replaced is None:  # it was reconnecting: its grace is over
+            self._forget_deadline()
         record.delivered = replay[-1].seq if replay else record.inbox.last
         point = max(start, record.inbox.trimmed)  # a resume from here replays exactly what this connection gets
         return Attached(self._epoch, replaced, resumed, [_pair(e) for e in replay], frozenset(record.rooms),
@@ -120,6 +128,7 @@ class Directory:
             return self._remove(peer, now)
         record.connected = False
         record.deadline = now + self.grace
+        heapq.heappush(self._deadlines, (record.deadline, peer, epoch))
         seq = parse_seq(delivered)
         if seq is not None:  # else: the connection wrote nothing beyond what it started with
             record.delivered = min(seq, record.inbox.last)
@@ -140,15 +149,31 @@ class Directory:
         return (record.epoch, record.connected) if record else None
 
     def expire(self, now: float) -> list[Delivery]:
-        """End the grace of every reconnecting peer whose deadline has passed."""
+        """End the grace of every reconnecting peer whose deadline has passed.
+
+        Costs O(k log n) for k due among n entries: only due entries leave the heap."""
+        due: list[tuple[int, str]] = []  # (born, peer)
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, peer, epoch = heapq.heappop(heap)
+            record = self._live(deadline, peer, epoch)
+            if record is None:
+                self._stale -= 1
+            else:
+                due.append((record.born, peer))
         out: list[Delivery] = []
-        for peer in [p for p, r in self.peers.items() if not r.connected and r.deadline <= now]:
+        # in creation order, as a scan of `peers` met them: the order of the deliveries is observable
+        for _, peer in sorted(due):
             out += self._remove(peer, now)
         return out
 
     def next_deadline(self) -> float | None:
-        deadlines = [r.deadline for r in self.peers.values() if not r.connected]
-        return min(deadlines) if deadlines else None
+        """The earliest grace end among reconnecting peers (None: no peer is reconnecting)."""
+        heap = self._deadlines
+        while heap and self._live(*heap[0]) is None:
+            heapq.heappop(heap)
+            self._stale -= 1
+        return heap[0][0] if heap else None
 
     # -- messages ------------------------------------------------------------------
     def owns(self, sender: tuple[str, int] | None) -> bool:
@@ -207,6 +232,22 @@ class Directory:
         return sorted(self.rooms.get(room, ()))
 
     # -- internals -----------------------------------------------------------------
+    def _live(self, deadline: float, peer: str, epoch: int) -> PeerRecord | None:
+        """The record a heap entry stands for, if its grace is still running."""
+        record = self.peers.get(peer)
+        if record is None or record.epoch != epoch or record.connected or record.deadline != deadline:
+            return None
+        return record
+
+    def _forget_deadline(self) -> None:
+        """A reconnecting peer attached again: its heap entry is stale. Rebuilding the heap
+        once the stale outnumber the live keeps it within twice the reconnecting peers."""
+        self._stale += 1
+        if self._stale * 2 > len(self._deadlines):
+            self._deadlines = [e for e in self._deadlines if self._live(*e) is not None]
+            heapq.heapify(self._deadlines)
+            self._stale = 0
+
     def _store(self, peer: str, record: PeerRecord, body: bytes, now: float) -> Delivery | None:
         seq, dropped = record.inbox.append(body, now)
         if not record.connected:

@@ -1,4 +1,7 @@
-"""The embedded single-node bus: the `Directory` state machine plus this node's mailboxes."""
+"""The embedded single-node bus: the `Directory` state machine plus this node's mailboxes.
+
+Grace expiry runs on one timer, armed for the directory's earliest deadline: a mass
+disconnect of n peers costs n heap pushes, not n timers each scanning every peer."""
 
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ class MemoryBus(Bus):
         self.directory = Directory(grace=grace, inbox_limit=inbox_limit, inbox_bytes=inbox_bytes)
         self.clock = clock
         self._mailboxes: dict[str, tuple[int, Mailbox]] = {}  # peer id -> (epoch, its connection here)
-        self._timers: set[asyncio.TimerHandle] = set()  # grace expiry checks
+        self._timer: asyncio.TimerHandle | None = None  # fires at the earliest grace end
+        self._timer_at = float("inf")  # the deadline it is armed for
 
     @property
     def ready(self) -> bool:
@@ -32,9 +36,9 @@ class MemoryBus(Bus):
         return self.directory.expired_messages
 
     async def close(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, float("inf")
 
     async def attach(self, peer: str, mailbox: Mailbox, resume: str | None = None, *,
                      started: float | None = None) -> Attached:
@@ -52,7 +56,7 @@ class MemoryBus(Bus):
             del self._mailboxes[peer]
         self._dispatch(self.directory.detach(peer, epoch, self.clock(), final=final, delivered=delivered))
         if not final:
-            self._expire_later(self.directory.grace)
+            self._arm()
 
     async def trim(self, peer: str, epoch: int, seq: str) -> bool:
         return self.directory.trim(peer, epoch, seq, self.clock())
@@ -86,13 +90,20 @@ class MemoryBus(Bus):
             if current is not None and current[0] == d.epoch:
                 current[1].deliver(d.seq, d.body)
 
-    def _expire_later(self, delay: float) -> None:
-        loop = asyncio.get_running_loop()
-        timer: asyncio.TimerHandle
+    def _arm(self) -> None:
+        """Keep the timer on the earliest deadline; a later one leaves it as it is."""
+        deadline = self.directory.next_deadline()
+        if deadline is None or deadline >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        # 10 ms late: the loop's clock and `self.clock` may disagree by a little
+        delay = max(0.0, deadline - self.clock()) + 0.01
+        self._timer, self._timer_at = asyncio.get_running_loop().call_later(delay, self._fire), deadline
 
-        def fire() -> None:
-            self._timers.discard(timer)
+    def _fire(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        try:
             self._dispatch(self.directory.expire(self.clock()))
-
-        timer = loop.call_later(delay + 0.01, fire)
-        self._timers.add(timer)
+        finally:  # a mailbox that raised must not stop the expiry of later deadlines
+            self._arm()

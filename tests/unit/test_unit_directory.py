@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
+import pytest
 from hypothesis import given, settings, strategies as st
 
-from signaling.directory import Directory, Outcome
+from signaling.bus.memory import MemoryBus
+from signaling.directory import Delivery, Directory, Outcome
 from signaling.inbox import parse_seq
 
 
@@ -557,3 +561,242 @@ def test_resuming_client_gets_every_message_exactly_once_in_order(script):
             written = [(seq, orjson.loads(body)["data"]) for seq, body in back.replay]
     processed += [n for _, n in written]
     assert processed == sent
+
+
+# -- grace expiry at scale: one deadline heap ------------------------------------------
+
+class ScanDirectory(Directory):
+    """Expiry as a scan of every peer: the reference the deadline heap must match."""
+
+    def expire(self, now: float) -> list[Delivery]:
+        out: list[Delivery] = []
+        for peer in [p for p, r in self.peers.items() if not r.connected and r.deadline <= now]:
+            out += self._remove(peer, now)  # noqa: SLF001
+        return out
+
+    def next_deadline(self) -> float | None:
+        deadlines = [r.deadline for r in self.peers.values() if not r.connected]
+        return min(deadlines) if deadlines else None
+
+
+class NoScan(dict):
+    """A peers table that refuses to be walked: expiry must find its peers by deadline."""
+
+    def _refuse(self, *args):
+        raise AssertionError("scanned every peer")
+
+    items = values = keys = __iter__ = _refuse
+
+
+def heap_size(d: Directory) -> int:
+    return len(d._deadlines)  # noqa: SLF001
+
+
+def check_heap(d: Directory) -> None:
+    """Stale entries are counted exactly, and never outnumber the live ones by more than one."""
+    reconnecting = sum(1 for r in dict.values(d.peers) if not r.connected)
+    stale = sum(1 for e in d._deadlines if d._live(*e) is None)  # noqa: SLF001
+    assert stale == d._stale  # noqa: SLF001
+    assert heap_size(d) - stale == reconnecting
+    assert stale <= reconnecting + 1
+
+
+def test_expire_takes_many_due_peers_in_the_order_they_first_attached():
+    d = make(grace=10)
+    watcher = d.attach("w", "n", 0)
+    join(d, "w", "r")
+    epochs = {}
+    for i in range(300):
+        epochs[f"p{i:03}"] = d.attach(f"p{i:03}", "n", 0).epoch
+        join(d, f"p{i:03}", "r", room_limit=1000)
+    for k, peer in enumerate(reversed(list(epochs))):  # the last to attach drops first
+        d.detach(peer, epochs[peer], 1 + k * 0.01, final=False)
+    back = [p for i, p in enumerate(epochs) if i % 3 == 0]
+    for peer in back:
+        d.attach(peer, "n", 2)
+    out = d.expire(1000)
+    to_watcher = [(dv.epoch, orjson.loads(dv.body)["peer"]) for dv in out if dv.peer == "w"]
+    assert to_watcher == [(watcher.epoch, p) for p in epochs if p not in back]
+    assert len(out) == len(to_watcher) * (len(back) + 1)  # and to each peer that came back
+    assert d.members("r") == sorted(back + ["w"]) and d.next_deadline() is None
+
+
+def test_expire_pops_only_what_is_due():
+    d = make(grace=10)
+    for i in range(1000):
+        d.detach(f"p{i}", d.attach(f"p{i}", "n", 0).epoch, i, final=False)
+    d.peers = NoScan(d.peers)
+    assert d.next_deadline() == 10
+    assert d.expire(9.5) == [] and heap_size(d) == 1000
+    d.expire(14)
+    assert heap_size(d) == 995 and d.next_deadline() == 15
+    assert d.owner("p4") is None and d.owner("p5") is not None
+
+
+def test_next_deadline_skips_peers_back_in_their_grace_and_expired_ones():
+    d = make(grace=10)
+    a, b, c = d.attach("a", "n", 0), d.attach("b", "n", 0), d.attach("c", "n", 0)
+    d.detach("a", a.epoch, 1, final=False)
+    d.detach("b", b.epoch, 2, final=False)
+    d.detach("c", c.epoch, 3, final=False)
+    assert d.next_deadline() == 11
+    a2 = d.attach("a", "n", 4)
+    assert d.next_deadline() == 12
+    d.detach("a", a2.epoch, 5, final=False)  # a's deadline moved: 11 -> 15
+    assert d.expire(12) == [] and d.owner("b") is None
+    assert d.next_deadline() == 13
+    d.expire(13)
+    assert d.next_deadline() == 15
+    d.attach("a", "n", 6)
+    assert d.next_deadline() is None and heap_size(d) == 0
+
+
+def test_heap_stays_bounded_under_attach_detach_churn_of_one_peer():
+    d = make(grace=10)
+    for i in range(3):  # some peers stay reconnecting throughout
+        d.detach(f"q{i}", d.attach(f"q{i}", "n", 0).epoch, 0, final=False)
+    for i in range(10_000):
+        a = d.attach("a", "n", i * 1e-4)
+        d.detach("a", a.epoch, i * 1e-4, final=False)
+    check_heap(d)
+    assert heap_size(d) <= 2 * 4 + 1
+    assert d.next_deadline() == 10
+    d.expire(10)
+    assert sorted(d.peers) == ["a"]
+    d.expire(11)
+    assert d.peers == {} and heap_size(d) == 0
+
+
+ops = st.lists(st.tuples(st.sampled_from(["attach", "drop", "leave", "send", "expire"]),
+                         st.integers(0, 5), st.floats(0, 3)), max_size=80)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops)
+def test_heap_expiry_does_what_the_scan_did(script):
+    """Same deliveries in the same order, same peers left, same expired_messages, same deadline."""
+    heap, scan = make(grace=2, limit=3), ScanDirectory(grace=2, inbox_limit=3)
+    epochs: dict[str, int] = {}
+    now = 0.0
+    for op, i, dt in script:
+        now += dt
+        peer = f"p{i}"
+        results = []
+        for d in (heap, scan):
+            if op == "attach":
+                a = d.attach(peer, "n", now)
+                epochs[peer] = a.epoch
+                results.append((a.replaced, a.replay, join(d, peer, f"r{i % 2}", now).deliveries))
+            elif op in ("drop", "leave") and peer in epochs:
+                results.append(d.detach(peer, epochs[peer], now, final=op == "leave"))
+            elif op == "send":
+                results.append(d.send(peer, msg(i), now))
+            elif op == "expire":
+                results.append((d.next_deadline(), d.expire(now)))
+        if results:
+            assert results[0] == results[1]
+        assert heap.expired_messages == scan.expired_messages
+        assert list(heap.peers) == list(scan.peers) and heap.next_deadline() == scan.next_deadline()
+        check_heap(heap)
+
+
+# -- the memory bus: one timer for every grace -------------------------------------------
+
+class Box:
+    def __init__(self) -> None:
+        self.got: list[dict] = []
+
+    def deliver(self, seq: str, body: bytes) -> None:
+        self.got.append(orjson.loads(body))
+
+    def replaced(self) -> None:
+        pass
+
+
+@pytest.fixture
+async def armed(monkeypatch):
+    """armed() -> how many timers the loop has that are neither run nor cancelled."""
+    loop = asyncio.get_running_loop()
+    handles: list[tuple[asyncio.TimerHandle, list[bool]]] = []
+    call_later = loop.call_later
+
+    def counted(delay, callback, *args, **kwargs):
+        ran = [False]
+
+        def run(*a):
+            ran[0] = True
+            callback(*a)
+        handle = call_later(delay, run, *args, **kwargs)
+        handles.append((handle, ran))
+        return handle
+
+    monkeypatch.setattr(loop, "call_later", counted)
+    return lambda: sum(1 for h, ran in handles if not ran[0] and not h.cancelled())
+
+
+async def wait_until(condition, timeout: float = 5.0) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def test_memory_bus_mass_disconnect_arms_one_timer_and_every_peer_leaves(armed):
+    now = [0.0]
+    bus = MemoryBus(node_id="n", grace=0.05, inbox_limit=100, clock=lambda: now[0])
+    mates = {f"r{j}": Box() for j in range(200)}
+    for room, box in mates.items():
+        await bus.attach(f"mate-{room}", box)
+        await bus.join(f"mate-{room}", room, room_limit=20, rooms_per_peer=1)
+    epochs = {}
+    for i in range(2000):
+        peer = f"p{i}"
+        epochs[peer] = (await bus.attach(peer, Box())).epoch
+        await bus.join(peer, f"r{i % 200}", room_limit=20, rooms_per_peer=1)
+    for box in mates.values():
+        box.got.clear()
+    for peer, epoch in epochs.items():
+        now[0] += 1e-6
+        await bus.detach(peer, epoch, final=False)
+    assert armed() == 1
+    now[0] = 1.0
+    await wait_until(lambda: all(len(box.got) == 10 for box in mates.values()))
+    assert sorted(ev["peer"] for box in mates.values() for ev in box.got) == sorted(epochs)
+    assert all(ev["type"] == "peer-left" for box in mates.values() for ev in box.got)
+    assert sorted(bus.directory.peers) == sorted(f"mate-{room}" for room in mates)
+    assert armed() == 0 and bus.directory.next_deadline() is None
+    await bus.close()
+
+
+async def test_memory_bus_rearms_for_the_next_deadline_after_a_fire(armed):
+    now = [0.0]
+    bus = MemoryBus(node_id="n", grace=0.05, inbox_limit=100, clock=lambda: now[0])
+    mate = Box()
+    await bus.attach("m", mate)
+    await bus.join("m", "r", room_limit=10, rooms_per_peer=1)
+    a, b = await bus.attach("a", Box()), await bus.attach("b", Box())
+    await bus.join("a", "r", room_limit=10, rooms_per_peer=1)
+    await bus.join("b", "r", room_limit=10, rooms_per_peer=1)
+    mate.got.clear()
+    await bus.detach("a", a.epoch, final=False)  # grace ends at 0.05: the timer is for it
+    now[0] = 0.03
+    await bus.detach("b", b.epoch, final=False)  # ends at 0.08: the timer stays
+    assert armed() == 1
+    await bus.attach("a", Box())  # a is back: the timer fires for nothing and waits for b
+    now[0] = 0.06
+    await asyncio.sleep(0.1)
+    assert mate.got == [] and armed() == 1
+    now[0] = 0.2
+    await wait_until(lambda: mate.got)
+    assert mate.got == [{"type": "peer-left", "room": "r", "peer": "b"}]
+    assert bus.directory.owner("a") is not None and armed() == 0
+    await bus.close()
+
+
+async def test_memory_bus_close_cancels_the_timer(armed):
+    bus = MemoryBus(node_id="n", grace=60, inbox_limit=100)
+    a = await bus.attach("a", Box())
+    await bus.detach("a", a.epoch, final=False)
+    assert armed() == 1
+    await bus.close()
+    assert armed() == 0
