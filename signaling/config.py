@@ -52,7 +52,8 @@ class Settings:
     trusted_proxies: list = _opt([], "Proxies (addresses or CIDR networks) whose `X-Forwarded-For` / `X-Real-IP` name the client in logs; from anyone else those headers are ignored (repeatable; comma-separated in the environment).", metavar="CIDR")
     # -- cluster ---------------------------------------------------------------------
     redis_url_file: str = _opt("", "File holding --redis-url (it may carry a password).", metavar="PATH")
-    redis_url: str = _opt("", "Bus to join: empty or memory:// for the embedded single-node bus; redis://host:port for nodes on one Redis; redis+cluster://host:port[,host:port...] for Redis Cluster (sharded pub/sub).", metavar="URL")
+    redis_url: str = _opt("", "Bus to join: empty or memory:// for the embedded single-node bus; redis://[user:pass@]host:port[/db] (rediss:// for TLS, options ?ssl_ca_certs=&ssl_certfile=&ssl_keyfile=&ssl_cert_reqs=) for nodes on one Redis; redis+sentinel://host:port[,host:port...]/service[/db] through Sentinel; redis+cluster://host:port[,host:port...] for Redis Cluster (rediss+ forms for TLS).", metavar="URL")
+    redis_replicas: int = _opt(0, "Replicas every write must reach before it is acknowledged (Redis WAIT after each batch): with 1 or more, a Sentinel or Cluster failover cannot lose a message a client was told was delivered or queued. 0: acknowledged once the primary has it.")
     key_prefix: str = _opt("signaling", "Prefix of every Redis key and channel, so several clusters can share one Redis.")
     node_ttl: float = _opt(3.0, "Length of a node's lease in Redis: a node that cannot renew it for this many seconds is dead (its peers enter their grace) and closes its own sockets after 80% of it. Keep it above how long a Redis restart or failover takes, or every socket is closed during one.")
     # -- auth ------------------------------------------------------------------------
@@ -196,6 +197,15 @@ class Settings:
                 raise ConfigError(f"--{_flag(name)} must be positive and finite")
         if not self.connection_headroom >= 0:
             raise ConfigError("--connection-headroom must be zero or more")
+        if not self.redis_replicas >= 0:
+            raise ConfigError("--redis-replicas must be zero or more")
+        if self.redis_url and not self.redis_url.startswith("memory://"):
+            from .bus.redis_url import parse  # (no Redis client imported: URL and TLS options only)
+
+            try:
+                parse(self.redis_url)
+            except (ValueError, OSError) as exc:  # OSError: a TLS file that cannot be read
+                raise ConfigError(f"--redis-url: {exc}") from None
         return dataclasses.replace(self, **changes)
 
 
@@ -209,13 +219,20 @@ def _loopback(host: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """`url` without its password (user names stay: they help, and say nothing secret)."""
+    """`url` without its passwords, in the credentials and in the query (sentinel_password,
+    ssl_password); user names stay: they help, and say nothing secret."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/")[0]:
+    if not sep:
         return url
-    creds, _, host = rest.partition("@")
-    user, colon, _ = creds.partition(":")
-    return f"{scheme}://{user}{colon}***@{host}" if colon else url
+    rest, q, query = rest.partition("?")
+    if query:
+        query = re.sub(r"((?:^|&)[a-z_]*password=)[^&]*", r"\1***", query)
+    authority, slash, path = rest.partition("/") if scheme != "unix" else (rest, "", "")
+    if "@" in authority:
+        creds, _, host = authority.rpartition("@")
+        user, colon, _ = creds.partition(":")
+        authority = f"{user}{colon}***@{host}" if colon else f"***@{host}"
+    return f"{scheme}://{authority}{slash}{path}{q}{query}"
 
 
 def _flag(name: str) -> str:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import logging
 import re
@@ -42,9 +41,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator
 
-import redis.asyncio as aioredis
-from redis.connection import parse_url
-from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -57,8 +53,9 @@ from ..protocol import room_event
 from . import redis_scripts as lua
 from . import redis_wire
 from .base import AttachRefused, Bus, BusUnavailable, LeaseLost, Mailbox
-from .redis_batcher import Batcher, CommandNotSent
-from .redis_subscriber import Subscriber
+from .redis_link import RedisLink, open_link
+from .redis_pipeline import CommandNotSent
+from .redis_url import parse
 
 log = logging.getLogger("signaling.bus.redis")
 PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -81,21 +78,6 @@ class _Local:
     pending: list[envelope.Envelope] = field(default_factory=list)  # arrived before the epoch was known
     last_seq: str = "0-0"  # last seq handed to the mailbox (for gap repair after a reconnect)
     rooms: frozenset[str] = frozenset()  # its rooms, to register again if Redis loses them (replaced on change)
-
-
-def cluster_nodes(url: str) -> list[tuple[str, int]]:
-    """`redis+cluster://h1:p1,h2:p2` -> [(h1, p1), (h2, p2)]."""
-    rest = url.partition("://")[2].split("/")[0].split("@")[-1]
-    out = []
-    for part in rest.split(","):
-        host, _, port = part.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"bad cluster node {part!r} in {url!r}: use host:port")
-        out.append((host, int(port)))
-    return out
-
-
-_CONNECTION = dict(socket_timeout=5, socket_connect_timeout=2, health_check_interval=2, retry_on_timeout=False)
 
 
 # replies that say Redis (or the link) cannot serve anyone right now; every other error
@@ -122,7 +104,7 @@ def _outcome_unknown(exc: BaseException) -> bool:
 class RedisBus(Bus):
     def __init__(self, url: str, *, node_id: str, grace: float, inbox_limit: int, prefix: str = "signaling",
                  node_ttl: float = 3.0, metrics: Any = None, quota_memory: float = 10.0,
-                 inbox_bytes: int = 1 << 40) -> None:
+                 inbox_bytes: int = 1 << 40, replicas: int = 0) -> None:
         if not PREFIX.fullmatch(prefix):
             raise ValueError("key prefix must be 1-64 characters of A-Z a-z 0-9 . _ : -")
         if not NODE_ID.fullmatch(node_id):
@@ -130,18 +112,17 @@ class RedisBus(Bus):
         self.url, self.node_id, self.grace, self.inbox_limit = url, node_id, grace, inbox_limit
         self.prefix, self.node_ttl, self.metrics = prefix, node_ttl, metrics
         self.inbox_bytes = inbox_bytes
+        self.replicas = replicas  # every write on this many replicas before it is acknowledged
         self.quota_memory = quota_memory  # s: after it a quota snapshot says nothing (Limits.memory)
-        self.clustered = url.startswith("redis+cluster://")
-        self._redis: Any = None  # redis.asyncio.Redis, or RedisCluster
-        self._batcher: Batcher | None = None  # one Redis: every script and command goes through it
-        self._sha: dict[str, str] = {}  # script name -> its SHA1
-        self._subscribers: dict[str, Subscriber] = {}  # server name -> its pub/sub connection
+        target = parse(url)  # (a bad URL is refused here, at start-up)
+        # Redis Cluster: a peer's keys share a slot, the node-wide keys (schedule, node sets) do not
+        self.clustered = target.topology == "cluster"
+        self._link: RedisLink | None = None
         self._local: dict[str, list[_Local]] = {}  # peer id -> its connections on this node
         self._channel_peer: dict[bytes, str] = {}  # channel name -> peer id, for subscribed channels
         self._healthy = False  # the last command connection use succeeded
-        self._topology_lock = asyncio.Lock()  # cluster: one topology refresh at a time
         self._recovery = asyncio.Lock()  # one registration round at a time
-        self._send_keys: dict[str, bytes] = {}  # peer -> its keys packed for SEND (bounded)
+        self._send_keys: dict[str, tuple[str, bytes]] = {}  # peer -> its state key, its SEND keys packed (bounded)
         self._sender_keys: dict[str, bytes] = {}  # peer -> its state key packed, as a sender (bounded)
         self._send_head = self._send_tail = b""
         self._send_ids = itertools.count(1)
@@ -158,15 +139,14 @@ class RedisBus(Bus):
         self._expired = 0
         self._detach_failed = False  # a detach could not reach Redis: reconcile at the next heartbeat
         self._recovering = False  # a recovery round is due (the last one failed part-way)
-        self._audit_cursor = 0  # where the sweeper's walk over peer states is (one Redis)
-        self._audit_cursors: dict[str, int] = {}  # the same, per primary (Redis Cluster)
+        self._audit_cursors: dict[str, int] = {}  # where the sweeper's walk over peer states is, per primary
         self._background: set[asyncio.Future[None]] = set()  # fire-and-forget notices (quota reports)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.nodes_key = f"{prefix}:nodes"  # zset: node id -> end of its lease (ms, Redis's clock)
         self.grace_key = f"{prefix}:grace"  # zset: peer id -> end of its grace (ms, Redis's clock)
         # pub/sub channels are global to a Redis server, its databases share them: a channel
         # names the database too, or deployments on db 0 and db 1 would hear each other
-        self._channels = f"{prefix}@{0 if self.clustered else int(parse_url(url).get('db') or 0)}"
+        self._channels = f"{prefix}@{target.db}"
 
     # -- keys ------------------------------------------------------------------------
     def _peer_keys(self, peer: str) -> tuple[str, str, str, str]:
@@ -207,7 +187,7 @@ class RedisBus(Bus):
     # -- lifecycle -------------------------------------------------------------------
     @property
     def _subscribed(self) -> bool:
-        return bool(self._subscribers) and all(sub.up for sub in self._subscribers.values())
+        return self._link is not None and self._link.subscribed
 
     @property
     def serving(self) -> bool:
@@ -226,25 +206,11 @@ class RedisBus(Bus):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         scripts = {name: getattr(lua, name) for name in lua.NAMES}
-        if self.clustered:
-            nodes = [ClusterNode(host, port) for host, port in cluster_nodes(self.url)]
-            self._redis = RedisCluster(startup_nodes=nodes, socket_timeout=5, socket_connect_timeout=2)
-            await self._redis.initialize()
-            # sharded pub/sub: a delivery is published on the shard that owns the peer
-            scripts = {k: v.replace("'PUBLISH'", "'SPUBLISH'") for k, v in scripts.items()}
-            for primary in self._redis.get_primaries():
-                self._add_subscriber(primary.name, {"host": primary.host, "port": primary.port})
-        else:
-            # every command goes through the batcher; the client is for redis-py's script objects
-            pool = aioredis.BlockingConnectionPool.from_url(self.url, max_connections=16, timeout=5, **_CONNECTION)
-            self._redis = aioredis.Redis(connection_pool=pool)
-            self._add_subscriber("redis", redis_wire.options(self.url))
-            self._sha = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in scripts.items()}
-            self._batcher = Batcher(self.url, {self._sha[n]: t for n, t in scripts.items()})
-            self._prepare_send()
-            self._batcher.start()
-        self._scripts = {name: self._redis.register_script(text) for name, text in scripts.items()}
+        self._link = open_link(self.url, scripts, on_message=self._on_message, on_reconnect=self._on_reconnect,
+                               on_changed=self._on_changed, on_unsettled=self._on_unsettled, replicas=self.replicas)
+        self._prepare_send()
         try:
+            await self._link.start()
             await self._take_lease()
         except (RedisError, OSError) as exc:
             log.warning("redis unreachable at start (%s); retrying in the background", exc)
@@ -254,68 +220,19 @@ class RedisBus(Bus):
         while not self.ready and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
-    def _add_subscriber(self, name: str, options: dict[str, Any], *, recovering: bool = False) -> Subscriber:
-        sub = Subscriber(options, name=name, sharded=self.clustered, on_message=self._on_message,
-                         on_reconnect=self._on_reconnect, on_lost=self._on_lost if self.clustered else None)
-        self._subscribers[name] = sub
-        sub.start(recovering=recovering)
-        return sub
-
-    async def _on_lost(self, lost: Subscriber) -> None:
-        """Cluster: a primary's pub/sub connection dropped. If the cluster has failed over
-        (or moved slots), follow it: subscribe each channel on the primary that owns its
-        slot now, drop subscribers of servers that are no longer primaries."""
-        # while a primary is unreachable, and for a heartbeat after, "no such peer" may
-        # only mean its replica had not caught up (see below): called again after each
-        # failed reconnect, this keeps the window open for the whole outage
+    def _on_unsettled(self) -> None:
+        """Part of Redis is unreachable: until a heartbeat after it is back, "no such peer"
+        may only mean a replica had not caught up (called again at each failed reconnect)."""
         self._settle_until = max(self._settle_until, time.monotonic() + self.node_ttl)
-        async with self._topology_lock:
-            try:
-                await self._redis.nodes_manager.initialize()
-            except (RedisError, OSError) as exc:
-                log.info("cluster topology not readable yet: %s", exc)
-                return
-            primaries = {p.name: p for p in self._redis.get_primaries()}
-            moved = 0
-            for channel in list(self._channel_peer):
-                owner = self._redis.get_node_from_key(channel).name
-                target = self._subscribers.get(owner)
-                if target is None:  # its first connection fills the gaps of the channels it takes over
-                    node = primaries[owner]
-                    target = self._add_subscriber(owner, {"host": node.host, "port": node.port}, recovering=True)
-                if channel not in target.channels:
-                    for sub in self._subscribers.values():
-                        sub.channels.discard(channel)
-                    target.channels.add(channel)  # its reader subscribes it on (re)connect
-                    if target.up:
-                        with contextlib.suppress(BusUnavailable):
-                            await target.subscribe(channel)
-                    moved += 1
-            stale = [self._subscribers.pop(n) for n in list(self._subscribers) if n not in primaries]
-            for name, node in primaries.items():
-                if name not in self._subscribers:
-                    self._add_subscriber(name, {"host": node.host, "port": node.port})
-            if moved or stale:
-                # a failover: the new primary may lack what the old one had not yet
-                # replicated (peers' state included) while their nodes register them
-                # again, so "no such peer" is not trusted for a heartbeat, even by a node
-                # none of whose own channels moved
-                log.warning("cluster changed: %d channels now on other primaries, %d primaries gone",
-                            moved, len(stale))
-                self._settle_until = time.monotonic() + self.node_ttl
-                with contextlib.suppress(RedisError, OSError, BusUnavailable):
-                    await self._recover()  # what the new primary lost of our peers, and the gaps
-        for sub in stale:  # last: the caller may be one of them, and closing cancels it
-            asyncio.ensure_future(sub.close())
 
-    def _subscriber_for(self, channel: bytes) -> Subscriber:
-        if not self.clustered:
-            return self._subscribers["redis"]
-        name = self._redis.get_node_from_key(channel).name
-        sub = self._subscribers.get(name)
-        if sub is None:
-            raise BusUnavailable(f"no pub/sub connection to {name} (the cluster changed?)")
-        return sub
+    async def _on_changed(self) -> None:
+        """Redis failed over (or moved slots): the new primary may lack what the old one had
+        not replicated, peers' state included, while their nodes register them again; so
+        "no such peer" is not trusted for a heartbeat, even by a node none of whose own
+        channels moved. Then what the new primary lost of this node's peers is restored."""
+        self._settle_until = time.monotonic() + self.node_ttl
+        with contextlib.suppress(RedisError, OSError, BusUnavailable):
+            await self._recover()
 
     async def close(self) -> None:
         if self._lease_timer is not None:
@@ -323,15 +240,11 @@ class RedisBus(Bus):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for sub in self._subscribers.values():
-            await sub.close()
-        if self._redis is not None:
+        if self._link is not None:
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
                 async with asyncio.timeout(2):
                     await self._cmd("ZREM", self.nodes_key, self.node_id)  # the others need not wait for its lease
-            await self._redis.aclose()
-        if self._batcher is not None:
-            await self._batcher.close()
+            await self._link.close()
 
     @contextlib.asynccontextmanager
     async def _guard(self, strict: bool = True) -> AsyncIterator[Any]:
@@ -339,12 +252,12 @@ class RedisBus(Bus):
 
         `strict`: also refuse while a pub/sub connection is recovering, for operations
         whose answer depends on room membership that recovery may still restore."""
-        if self._redis is None:
+        if self._link is None:
             raise BusUnavailable("the bus is not started")
         if strict and not self._subscribed:
             raise BusUnavailable("the bus is reconnecting")
         try:
-            yield self._redis
+            yield self._link
         except (RedisError, OSError) as exc:
             if not _request_error(exc):
                 self._healthy = False
@@ -601,24 +514,24 @@ class RedisBus(Bus):
         if time.monotonic() >= self._lease_until:
             self._check_serving()
         key = self._send_prefix + b"%d" % next(self._send_ids)
-        batcher = self._batcher
-        if batcher is not None:  # the hot path: packed from cached pieces straight into the batcher
-            try:  # (the first try without the retry loop's closure and frame: this runs per message)
-                res = await batcher.call_packed(self._packed_send(to, body, origin, key, False))
-                self._healthy = True
-            except RedisError as exc:
-                if not _outcome_unknown(exc):
-                    self._healthy = self._healthy and _request_error(exc)
-                    raise BusUnavailable(str(exc)) from exc
-                res = await self._until_known(lambda retry: batcher.call_packed(
-                    self._packed_send(to, body, origin, key, True)), retry=True)
-        else:
-            if origin is not None and not await self._owns(origin):
+        link = self._link
+        assert link is not None
+        if origin is not None and self.clustered:  # the sender's fence is in another slot: checked first
+            if not await self._owns(origin):
                 return Result(Outcome.REPLACED)
-            state, inbox, _, channel = self._peer_keys(to)
-            res = await self._until_known(lambda retry: self._eval(
-                "SEND", [state, inbox, channel], [body, self.inbox_limit, self._ttl_ms, key, "", int(retry),
-                                                  self.inbox_bytes]))
+            origin = None
+        route, keys = self._send_route(to)
+        # the hot path: packed from cached pieces straight into the link (the first try without
+        # the retry loop's closure and frame: this runs per message)
+        try:
+            res = await link.call_packed(route, self._packed_send(keys, body, origin, key, False))
+            self._healthy = True
+        except RedisError as exc:
+            if not _outcome_unknown(exc):
+                self._healthy = self._healthy and _request_error(exc)
+                raise BusUnavailable(str(exc)) from exc
+            res = await self._until_known(lambda retry: link.call_packed(
+                route, self._packed_send(keys, body, origin, key, True)), retry=True)
         kind = res[0]
         if kind == 4:
             return Result(Outcome.REPLACED)
@@ -661,20 +574,26 @@ class RedisBus(Bus):
         return bool(owns != 4)
 
     def _prepare_send(self) -> None:
-        # EVALSHA sha 4 state inbox channel sender-state body limit ttl key epoch retry
+        # EVALSHA sha 4 state inbox channel sender-state body limit ttl key epoch retry bytes
         # (3 keys and no epoch without a sender): head, limit and ttl are constant
-        self._send_head = redis_wire.bulk(("EVALSHA", self._sha["SEND"]))
+        assert self._link is not None
+        self._send_head = redis_wire.bulk(("EVALSHA", self._link.sha("SEND")))
         self._send_tail = redis_wire.bulk((self.inbox_limit, self._ttl_ms))
         self._send_end = redis_wire.bulk((self.inbox_bytes,))
 
-    def _packed_send(self, to: str, body: bytes, origin: tuple[str, int] | None, key: bytes, retry: bool) -> bytes:
-        """EVALSHA SEND for `to` in RESP; the constant head and the peers' keys are cached."""
-        keys = self._send_keys.get(to)
-        if keys is None:
+    def _send_route(self, to: str) -> tuple[str, bytes]:
+        """`to`'s state key (it routes the command) and its SEND keys packed (both cached)."""
+        cached = self._send_keys.get(to)
+        if cached is None:
             if len(self._send_keys) >= 65536:
                 self._send_keys.clear()
             state, inbox, _, channel = self._peer_keys(to)
-            keys = self._send_keys[to] = redis_wire.bulk((state, inbox, channel))
+            cached = self._send_keys[to] = (state, redis_wire.bulk((state, inbox, channel)))
+        return cached
+
+    def _packed_send(self, keys: bytes, body: bytes, origin: tuple[str, int] | None, key: bytes,
+                     retry: bool) -> bytes:
+        """EVALSHA SEND in RESP from the cached pieces."""
         flag = b"$1\r\n1\r\n" if retry else b"$1\r\n0\r\n"
         if origin is None:
             return b"".join((b"*13\r\n", self._send_head, b"$1\r\n3\r\n", keys, b"$%d\r\n" % len(body), body, b"\r\n",
@@ -719,20 +638,16 @@ class RedisBus(Bus):
         if not targets:
             return []
         key = self._send_prefix + b"%d" % next(self._send_ids)
-        if self._batcher is not None:
-            batcher = self._batcher
-
-            def attempt(retry: bool) -> list[Any]:
-                return [batcher.call_packed(self._packed_send(m, body, origin, key, retry)) for m in targets]
-        else:
-            if origin is not None and not await self._owns(origin):
+        link = self._link
+        assert link is not None
+        if origin is not None and self.clustered:  # the sender's fence is in another slot: checked first
+            if not await self._owns(origin):
                 return [[4]]
+            origin = None
+        routes = [self._send_route(m) for m in targets]
 
-            keys = [[state, inbox, channel] for state, inbox, _, channel in map(self._peer_keys, targets)]
-
-            def attempt(retry: bool) -> list[Any]:
-                args = [body, self.inbox_limit, self._ttl_ms, key, "", int(retry), self.inbox_bytes]
-                return [self._eval("SEND", k, args) for k in keys]
+        def attempt(retry: bool) -> list[Any]:
+            return [link.call_packed(route, self._packed_send(keys, body, origin, key, retry)) for route, keys in routes]
         results = await self._until_known(lambda retry: _all(attempt(retry)))
         ghosts = [m for m, res in zip(targets, results) if res[0] == 0]
         if ghosts and repair and not self._settling():  # left without their rooms being cleaned (a crash mid-way): repair now
@@ -795,12 +710,14 @@ class RedisBus(Bus):
     # -- pub/sub ---------------------------------------------------------------------
     async def _subscribe(self, channel: bytes, peer: str) -> None:
         self._channel_peer[channel] = peer
-        await self._subscriber_for(channel).subscribe(channel)
+        assert self._link is not None
+        await self._link.subscribe(channel)
 
     async def _unsubscribe(self, channel: bytes) -> None:
         self._channel_peer.pop(channel, None)
-        with contextlib.suppress(BusUnavailable):
-            await self._subscriber_for(channel).unsubscribe(channel)
+        if self._link is not None:
+            with contextlib.suppress(BusUnavailable):
+                await self._link.unsubscribe(channel)
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         peer = self._channel_peer.get(channel)
@@ -814,22 +731,20 @@ class RedisBus(Bus):
         for local in list(self._local.get(peer, ())):
             self._handle(local, env)
 
-    async def _on_reconnect(self, sub: Subscriber) -> None:
+    async def _on_reconnect(self) -> None:
         if self.metrics is not None:
             self.metrics.bus_reconnects.inc()
         await self._recover()
 
-    def _eval(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Run script `name` (an awaitable): batched on one Redis, routed by key on a cluster."""
-        if self._batcher is not None:
-            return self._batcher.call("EVALSHA", self._sha[name], len(keys), *keys, *args)  # sent now, in order
-        return self._scripts[name](keys=keys, args=args)
+    def _eval(self, name: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """Run script `name`: sent now, in order, on the server of its first key."""
+        assert self._link is not None
+        return self._link.script(name, keys, args)
 
-    def _cmd(self, *args: Any) -> Any:
-        """Run one plain command (an awaitable), batched like `_eval`."""
-        if self._batcher is not None:
-            return self._batcher.call(*args)
-        return self._redis.execute_command(*args)
+    def _cmd(self, *args: Any) -> asyncio.Future[Any]:
+        """Run one command on the server of its key (every command the bus sends names one key first)."""
+        assert self._link is not None
+        return self._link.call(args[1], *args)
 
     async def _run_scripts(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
         """Several scripts at once: one batch on one Redis, concurrent calls on a cluster
@@ -894,14 +809,9 @@ class RedisBus(Bus):
 
     @contextlib.contextmanager
     def _holding(self) -> Iterator[None]:
-        subs = list(self._subscribers.values())
-        for sub in subs:
-            sub.hold()
-        try:
+        assert self._link is not None
+        with self._link.holding():
             yield
-        finally:
-            for sub in subs:
-                sub.release()
 
     async def _register_again(self) -> None:
         """Register every live connection, its rooms and this node again, pipelined; hand
@@ -1018,17 +928,14 @@ class RedisBus(Bus):
         await self._audit()
 
     async def _scan_step(self, pattern: str) -> list[bytes]:
-        """The next AUDIT_BATCH-sized step of a SCAN over every key matching `pattern`
-        (on a cluster: a step on each primary, each with its own cursor)."""
-        if not self.clustered:
-            cursor, keys = await self._cmd("SCAN", self._audit_cursor, "MATCH", pattern, "COUNT", AUDIT_BATCH)
-            self._audit_cursor = int(cursor)
-            return list(keys)
+        """The next AUDIT_BATCH-sized step of a SCAN over every key matching `pattern` (a
+        step on each primary, each with its own cursor)."""
+        assert self._link is not None
         found: list[bytes] = []
-        for primary in self._redis.get_primaries():
-            cursors, keys = await self._redis.scan(cursor=self._audit_cursors.get(primary.name, 0), match=pattern,
-                                                   count=AUDIT_BATCH, target_nodes=primary)
-            self._audit_cursors[primary.name] = int(cursors[primary.name])
+        for server in self._link.servers():
+            cursor, keys = await self._link.call_on(server, "SCAN", self._audit_cursors.get(server, 0),
+                                                    "MATCH", pattern, "COUNT", AUDIT_BATCH)
+            self._audit_cursors[server] = int(cursor)
             found += keys
         return found
 

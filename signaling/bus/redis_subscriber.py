@@ -21,13 +21,14 @@ import collections
 import contextlib
 import logging
 import random
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, cast
 
 import hiredis
 from redis.exceptions import RedisError
 
 from .base import BusUnavailable
-from .redis_wire import auth_command, open_connection, pack, retrieved
+from .redis_url import Endpoint, RedisTarget
+from .redis_wire import open_connection, pack, retrieved
 
 log = logging.getLogger("signaling.bus.redis")
 
@@ -52,7 +53,7 @@ class _Protocol(asyncio.Protocol):
         self.out: list[bytes] = []  # commands not yet written (this loop turn)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
 
     def command(self, *args: Any, expect: bytes, key: Any = None) -> None:
         """Queue a command; the commands of one loop turn go out in one write (a connect
@@ -97,9 +98,12 @@ class _Protocol(asyncio.Protocol):
         expect, key = self.pending.popleft()
         if isinstance(reply, hiredis.ReplyError):
             self.sub.refused(expect, key, str(reply))
-        elif expect == b"ping":
+        elif expect in (b"ping", b"auth", b"role"):
             if key is not None and not key.done():
-                key.set_result(None)
+                if expect == b"role" and reply[0] != b"master":
+                    key.set_exception(_Lost(f"{self.sub.name} is a {reply[0].decode()}, not the primary"))
+                elif expect != b"auth":
+                    key.set_result(None)
         elif expect in (b"subscribe", b"ssubscribe"):
             self.sub.confirmed(key)
 
@@ -115,11 +119,14 @@ class _Protocol(asyncio.Protocol):
 
 
 class Subscriber:
-    def __init__(self, options: dict[str, Any], *, name: str, sharded: bool,
+    def __init__(self, locate: Callable[[], Awaitable[Endpoint]], target: RedisTarget, *, name: str, sharded: bool,
                  on_message: Callable[[bytes, bytes], None],
                  on_reconnect: Callable[[Subscriber], Awaitable[None]],
-                 on_lost: Callable[[Subscriber], Awaitable[None]] | None = None) -> None:
-        self.options, self.name, self.sharded = options, name, sharded
+                 on_lost: Callable[[Subscriber], Awaitable[None]] | None = None,
+                 require_primary: bool = False) -> None:
+        self.locate, self.target, self.name, self.sharded = locate, target, name, sharded
+        self.require_primary = require_primary  # Sentinel: never subscribe on a demoted primary
+        self.endpoint: Endpoint | None = None  # where the current connection goes
         self.on_message, self.on_reconnect, self.on_lost = on_message, on_reconnect, on_lost
         self.channels: set[bytes] = set()  # what should be subscribed (restored on reconnect)
         self.up = False  # connected, every channel subscribed, recovery done
@@ -142,8 +149,14 @@ class Subscriber:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._protocol is not None and self._protocol.transport is not None:
-            self._protocol.transport.close()
+        if self._protocol is not None:
+            self._protocol.fail("closing")
+
+    def restart(self, why: str) -> None:
+        """Drop the connection (the server is no longer the one to listen on): the reader
+        connects again, to where `locate` says, and recovers as after any reconnect."""
+        if self._protocol is not None:
+            self._protocol.fail(why)
 
     async def subscribe(self, channel: bytes) -> None:
         """Subscribe and wait for Redis to confirm; BusUnavailable if it cannot."""
@@ -200,42 +213,57 @@ class Subscriber:
         return waiter
 
     async def _connect(self, first: bool) -> _Protocol:
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            protocol = await open_connection(self.options, lambda: _Protocol(self))
-        self._protocol = protocol
-        auth = auth_command(self.options)
-        channels = sorted(self.channels)
-        pong: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters = [pong, *(self._waiter(c) for c in channels)]
-        if auth:
-            protocol.command(*auth, expect=b"auth", key=pong)  # refused: fails the wait at once
-        protocol.command("PING", expect=b"ping", key=pong)  # answered even with nothing to subscribe
-        for channel in channels:  # one per command: sharded channels of one command share a slot
-            protocol.command(self._sub, channel, expect=self._sub, key=channel)
-        if not first:
-            self.hold()
-        done = asyncio.gather(*waiters)
-        try:
+        protocol: _Protocol | None = None
+        held = False
+        done: asyncio.Future[Any] | None = None
+        try:  # whatever fails (cancel included), a half-made connection is closed, never left subscribed
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                endpoint = await self.locate()
+                protocol = await open_connection(endpoint, self.target.tls, lambda: _Protocol(self))
+            auth = self.target.auth()
+            channels = sorted(self.channels)
+            loop = asyncio.get_running_loop()
+            pong: asyncio.Future[None] = loop.create_future()
+            role: asyncio.Future[None] = loop.create_future()
+            waiters = [pong, *(self._waiter(c) for c in channels)]
+            if auth:
+                protocol.command(*auth, expect=b"auth", key=pong)  # refused: fails the wait at once
+            if self.require_primary:
+                protocol.command("ROLE", expect=b"role", key=role)
+                waiters.append(role)
+            protocol.command("PING", expect=b"ping", key=pong)  # answered even with nothing to subscribe
+            for channel in channels:  # one per command: sharded channels of one command share a slot
+                protocol.command(self._sub, channel, expect=self._sub, key=channel)
+            self._protocol = protocol
+            if not first:
+                self.hold()
+                held = True
+            done = asyncio.gather(*waiters)
             async with asyncio.timeout(REPLY_TIMEOUT):
                 await asyncio.wait([done, protocol.closed], return_when=asyncio.FIRST_COMPLETED)
                 if not done.done():
                     raise _Lost(protocol.closed.result())
                 await done
+            self.endpoint = endpoint
             if not first:
                 log.info("pub/sub to %s reconnected; %d channels subscribed again", self.name, len(channels))
                 await self.on_reconnect(self)
         except BaseException:
-            if not first:
+            if held:
                 self._held = []  # the next connection fills the gap from the inboxes again
                 self.release()
-            protocol.fail("connect failed")  # a half-made connection is never left subscribed
+            if protocol is not None:
+                protocol.fail("connect failed")
+            if self._protocol is protocol:
+                self._protocol = None
             raise
         finally:
-            # retrieved whatever happens: the failure was raised above, or there was none (a
-            # cancelled gather ends with a CancelledError *exception*, reported if never read)
-            done.add_done_callback(retrieved)
-            done.cancel()
-        if not first:
+            if done is not None:
+                # retrieved whatever happens: the failure was raised above, or there was none (a
+                # cancelled gather ends with a CancelledError *exception*, reported if never read)
+                done.add_done_callback(retrieved)
+                done.cancel()
+        if held:
             self.release()
         return protocol
 

@@ -1,8 +1,8 @@
-"""RESP on raw asyncio connections: what the batcher and the pub/sub reader share.
+"""RESP on raw asyncio connections: what the command pipeline and the pub/sub reader share.
 
 Both talk to Redis through an `asyncio.Protocol` of their own with a hiredis reader
 (replies parsed in C as bytes arrive, no task per reply); this module packs commands
-and opens those connections from the options of a `redis://` URL.
+and opens those connections.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 import ssl
 from typing import Any, Callable, TypeVar
 
-from redis.asyncio.connection import parse_url
+from .redis_url import Endpoint
 
 P = TypeVar("P", bound=asyncio.Protocol)
 
@@ -36,27 +36,15 @@ def bulk(args: tuple[Any, ...]) -> bytes:
     return b"".join(out)
 
 
-def options(url: str) -> dict[str, Any]:
-    """host/port (or a unix path), credentials, db and TLS from a redis:// URL."""
-    return parse_url(url)
-
-
-def auth_command(o: dict[str, Any]) -> tuple[Any, ...] | None:
-    if not o.get("password"):
-        return None
-    return ("AUTH", o["username"], o["password"]) if o.get("username") else ("AUTH", o["password"])
-
-
-async def open_connection(o: dict[str, Any], factory: Callable[[], P]) -> P:
-    """Connect (TCP, TLS for rediss://, or a unix socket); the caller bounds the time."""
+async def open_connection(endpoint: Endpoint, tls: ssl.SSLContext | None, factory: Callable[[], P]) -> P:
+    """Connect (TCP, TLS when `tls`, or a unix socket); the caller bounds the time. A
+    connection that fails or is cancelled part-way is closed by asyncio itself."""
     loop = asyncio.get_running_loop()
-    if o.get("path"):
-        _, protocol = await loop.create_unix_connection(factory, o["path"])
+    if endpoint.path:
+        _, protocol = await loop.create_unix_connection(factory, endpoint.path, ssl=tls,
+                                                        server_hostname="localhost" if tls else None)
     else:
-        cls = o.get("connection_class")
-        context = ssl.create_default_context() if cls is not None and cls.__name__ == "SSLConnection" else None
-        _, protocol = await loop.create_connection(factory, o.get("host", "localhost"), o.get("port", 6379),
-                                                   ssl=context)
+        _, protocol = await loop.create_connection(factory, endpoint.host, endpoint.port, ssl=tls)
     return protocol
 
 

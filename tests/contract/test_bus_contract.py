@@ -289,14 +289,14 @@ async def test_redis_attach_registers_with_the_node_and_ends_the_grace(redis_bus
     # what the sweeper relies on: a node's peer set names every peer it holds (so its
     # death orphans them), and a peer back within its grace is off the grace schedule
     bus = redis_bus_only
-    r, node_peers = bus._redis, bus._node_peers_key(bus.node_id)  # noqa: SLF001
+    cmd, node_peers = bus._cmd, bus._node_peers_key(bus.node_id)  # noqa: SLF001
     first = await bus.attach("b", Box())
-    assert await r.sismember(node_peers, "b")
+    assert await cmd("SISMEMBER", node_peers, "b")
     await bus.detach("b", first.epoch, final=False)
-    assert await r.zscore(bus.grace_key, "b") is not None and not await r.sismember(node_peers, "b")
+    assert await cmd("ZSCORE", bus.grace_key, "b") is not None and not await cmd("SISMEMBER", node_peers, "b")
     await bus.attach("b", Box())
-    assert await r.zscore(bus.grace_key, "b") is None
-    assert await r.sismember(node_peers, "b")
+    assert await cmd("ZSCORE", bus.grace_key, "b") is None
+    assert await cmd("SISMEMBER", node_peers, "b")
 
 
 async def test_final_detach_leaves_rooms_at_once(bus):
@@ -355,12 +355,13 @@ async def test_a_send_whose_reply_was_lost_runs_once_when_tried_again(redis_serv
     try:
         box = Box()
         await bus.attach("bob", box)
-        batcher = bus._batcher  # noqa: SLF001
+        link = bus._link  # noqa: SLF001
+        route, keys = bus._send_route("bob")  # noqa: SLF001
         packed = bus._packed_send  # noqa: SLF001
-        first = await batcher.call_packed(packed("bob", msg(1), None, b"send-1", False))
-        again = await batcher.call_packed(packed("bob", msg(1), None, b"send-1", True))  # its reply was lost
+        first = await link.call_packed(route, packed(keys, msg(1), None, b"send-1", False))
+        again = await link.call_packed(route, packed(keys, msg(1), None, b"send-1", True))  # its reply was lost
         assert again == first  # found by its key: not stored or published a second time
-        never_ran = await batcher.call_packed(packed("bob", msg(2), None, b"send-2", True))
+        never_ran = await link.call_packed(route, packed(keys, msg(2), None, b"send-2", True))
         assert never_ran[0] == 1 and never_ran[1] != first[1]  # a retry of a send that had not run runs
         await asyncio.sleep(0.2)
         assert [m["data"] for m in await box.wait(2)] == [1, 2] and len(box.got) == 2

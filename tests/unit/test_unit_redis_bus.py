@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from signaling import envelope
-from signaling.bus.redis import RedisBus, _Local, cluster_nodes
+from signaling.bus.redis import RedisBus, _Local
 
 
 class Box:
@@ -33,12 +33,6 @@ def test_envelope_round_trip_and_version_check():
         envelope.unpack(msgpack.packb({"v": 2, "k": "d", "e": 1}))
     with pytest.raises(envelope.EnvelopeError):
         envelope.unpack(b"\xc1 not msgpack")
-
-
-def test_cluster_urls():
-    assert cluster_nodes("redis+cluster://10.0.0.1:7000,10.0.0.2:7001") == [("10.0.0.1", 7000), ("10.0.0.2", 7001)]
-    with pytest.raises(ValueError):
-        cluster_nodes("redis+cluster://nohost")
 
 
 def test_prefix_is_checked():
@@ -114,7 +108,11 @@ def test_the_hot_path_packs_send_exactly_as_the_generic_packer_would():
     from signaling.bus.redis_wire import pack
 
     bus = RedisBus("redis://127.0.0.1:1/0", node_id="n1", grace=30.0, inbox_limit=256, inbox_bytes=5000)
-    bus._sha = {"SEND": "f" * 40}  # noqa: SLF001
+    from signaling.bus.redis_link import open_link
+
+    bus._link = open_link(bus.url, {"SEND": ""}, on_message=None, on_reconnect=None, on_changed=None,  # noqa: SLF001
+                          on_unsettled=None)
+    bus._link._shas["SEND"] = "f" * 40  # noqa: SLF001
     bus._prepare_send()  # noqa: SLF001 - what start() does once the scripts are known
     body = b'{"type":"message","from":"a","data":"\xc3\xa9\\r\\n"}'
     state, inbox, _, channel = bus._peer_keys("b:1")  # noqa: SLF001
@@ -125,8 +123,10 @@ def test_the_hot_path_packs_send_exactly_as_the_generic_packer_would():
         fenced = pack(("EVALSHA", "f" * 40, 4, state, inbox, channel, sender, body, 256, ttl, b"k:1",
                        1796136845519990, int(retry), 5000))
         for _ in range(2):  # the second time from the caches
-            assert bus._packed_send("b:1", body, None, b"k:1", retry) == anonymous  # noqa: SLF001
-            assert bus._packed_send("b:1", body, ("a", 1796136845519990), b"k:1", retry) == fenced  # noqa: SLF001
+            route, keys = bus._send_route("b:1")  # noqa: SLF001
+            assert route == state
+            assert bus._packed_send(keys, body, None, b"k:1", retry) == anonymous  # noqa: SLF001
+            assert bus._packed_send(keys, body, ("a", 1796136845519990), b"k:1", retry) == fenced  # noqa: SLF001
 
 
 async def test_registering_again_after_redis_lost_everything_puts_the_peer_back_in_its_rooms(redis_server, key_prefix):
