@@ -187,6 +187,7 @@ class SingleLink(RedisLink):
         """The command pipeline (re)connected: if the primary moved (Sentinel failed over),
         the pub/sub connection follows and the bus learns that data may be missing."""
         previous, self._primary = self._primary, endpoint
+        self._subscriber.retry_now()
         if previous is None or previous == endpoint:
             return
         log.warning("the Redis primary moved from %s to %s (failover)", previous.name, endpoint.name)
@@ -253,7 +254,8 @@ class ClusterLink(RedisLink):
         if pipeline is None:
             host, _, port = name.rpartition(":")
             pipeline = self._pipelines[name] = Pipeline.fixed(Endpoint(host, int(port)), self.target, self._scripts,
-                                                              on_lost=self._lost, replicas=self.replicas)
+                                                              on_lost=self._lost, on_connected=self._reached,
+                                                              replicas=self.replicas)
         return pipeline
 
     def _routed(self, slot: int, command: bytes, owner: str | None, hops: int, *, asking: bool) -> asyncio.Future[Any]:
@@ -297,6 +299,11 @@ class ClusterLink(RedisLink):
     # -- topology ----------------------------------------------------------------------
     def _lost(self, pipeline: Pipeline) -> None:
         self._refresh_soon()
+
+    def _reached(self, endpoint: Endpoint) -> None:
+        sub = self._subs.get(endpoint.name)
+        if sub is not None:
+            sub.retry_now()
 
     def _refresh_soon(self) -> None:
         if self._started and (self._refreshing is None or self._refreshing.done()):

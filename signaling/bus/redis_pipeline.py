@@ -16,10 +16,13 @@ more, so callers never see it. A READONLY reply means the server is no longer th
 primary (a failover demoted it): the connection is dropped so the next command goes to
 the primary found anew.
 
-With `replicas` > 0, every batch is followed by `WAIT replicas timeout` and its replies
-are handed on only once that many replicas have what it wrote: a failover to a replica
-then cannot lose what a caller was told was done. A batch not replicated in time fails
-as outcome unknown (it ran on the primary; the new primary may not have it).
+With `replicas` > 0, every batch is followed by `WAIT n timeout` and its replies are
+handed on only once n replicas have what it wrote: a failover to a replica then cannot
+lose what a caller was told was done. n is `replicas`, or fewer while fewer are
+connected (ROLE says): a primary without replicas has none a failover could promote, and
+a replica that connects later gets everything in its first sync. A batch not
+replicated in time fails as outcome unknown (it ran on the primary; the new primary may
+not have it).
 """
 
 from __future__ import annotations
@@ -131,7 +134,9 @@ class Pipeline:
         self._on_lost = on_lost  # the connection dropped, or could not be made
         self._on_connected = on_connected
         self._replicas = replicas
-        self._wait = pack(("WAIT", replicas, max(1, int(replica_timeout * 1000))))
+        self._connected_replicas = replicas  # as the last ROLE reply said
+        self._role_asked = False
+        self._wait_ms = max(1, int(replica_timeout * 1000))
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._out: list[bytes] = []  # packed, not yet written (this loop turn)
@@ -221,22 +226,48 @@ class Pipeline:
             return  # written once connected
         out, waits, self._out, self._waits = self._out, self._waits, [], []
         if self._replicas:
-            self._send_replicated(protocol, out, waits)
+            need = min(self._replicas, self._connected_replicas)
+            if need:
+                self._send_replicated(protocol, out, waits, need)
+            else:
+                protocol.send(out, waits)
+            if need < self._replicas:
+                self._ask_role(protocol)  # a replica may have come (back)
         else:
             protocol.send(out, waits)
         if protocol.watch is None:
             self._arm(protocol)
 
-    def _send_replicated(self, protocol: _Protocol, out: list[bytes], waits: list[asyncio.Future[Any]]) -> None:
+    def _ask_role(self, protocol: _Protocol) -> None:
+        if self._role_asked:
+            return
+        self._role_asked = True
+        future = (self._loop or asyncio.get_running_loop()).create_future()
+
+        def learn(done: asyncio.Future[Any]) -> None:
+            self._role_asked = False
+            if done.exception() is None:
+                self._learn_role(done.result())
+        future.add_done_callback(learn)
+        protocol.send([pack(("ROLE",))], [future])
+
+    def _learn_role(self, role: Any) -> None:
+        if role and role[0] == b"master":
+            self._connected_replicas = len(role[2])
+
+    def _send_replicated(self, protocol: _Protocol, out: list[bytes], waits: list[asyncio.Future[Any]],
+                         need: int) -> None:
         loop = self._loop or asyncio.get_running_loop()
         replies = [loop.create_future() for _ in waits]
         gate = loop.create_future()
-        protocol.send([*out, self._wait], [*replies, gate])
+        protocol.send([*out, pack(("WAIT", need, self._wait_ms))], [*replies, gate])
 
         def release(done: asyncio.Future[Any]) -> None:
             exc = done.exception()
-            if exc is None and int(done.result()) < self._replicas:
-                exc = RedisConnectionError(f"not on {self._replicas} replica(s) in time: a failover could lose it")
+            if exc is None and int(done.result()) < need:
+                exc = RedisConnectionError(f"not on {need} replica(s) in time: a failover could lose it")
+                if not protocol.ended:
+                    self._ask_role(protocol)  # one went away?
             for reply, wait in zip(replies, waits):
                 if wait.done():
                     continue
@@ -307,7 +338,7 @@ class Pipeline:
             commands.append(auth)
         if self._target.db:
             commands.append(("SELECT", self._target.db))
-        if self._require_primary:
+        if self._require_primary or self._replicas:
             commands.append(("ROLE",))
         commands += [("SCRIPT", "LOAD", text) for text in self._scripts.values()]
         if not commands:
@@ -319,8 +350,10 @@ class Pipeline:
         for command, result in zip(commands, results):
             if isinstance(result, BaseException):
                 raise result
-            if command[0] == "ROLE" and result[0] != b"master":
-                raise ResponseError(f"{protocol_name(protocol)} is a {result[0].decode()}, not the primary")
+            if command[0] == "ROLE":
+                if self._require_primary and result[0] != b"master":
+                    raise ResponseError(f"{protocol_name(protocol)} is a {result[0].decode()}, not the primary")
+                self._learn_role(result)
 
     def _lost(self, protocol: _Protocol, waiting: list[asyncio.Future[Any]], exc: Exception) -> None:
         was_current = self._protocol is protocol

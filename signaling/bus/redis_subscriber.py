@@ -138,6 +138,7 @@ class Subscriber:
         self._holds = 0
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._retry = asyncio.Event()  # set: try again now, without waiting out the back-off
 
     def start(self, *, recovering: bool = False) -> None:
         """`recovering`: channels it takes over may have missed messages (a failover moved
@@ -151,6 +152,12 @@ class Subscriber:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._protocol is not None:
             self._protocol.fail("closing")
+
+    def retry_now(self) -> None:
+        """Redis answers again (a command connection just reached it): reconnect without
+        waiting out the back-off, which may have grown to seconds during the outage."""
+        if not self.up:
+            self._retry.set()
 
     def restart(self, why: str) -> None:
         """Drop the connection (the server is no longer the one to listen on): the reader
@@ -324,5 +331,7 @@ class Subscriber:
             if self.on_lost is not None:
                 with contextlib.suppress(Exception):
                     await self.on_lost(self)
-            await asyncio.sleep(backoff * (1 + random.random()))
+            self._retry.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._retry.wait(), backoff * (1 + random.random()))
             backoff = min(backoff * 2, 2.0)

@@ -71,8 +71,29 @@ def redis_cluster_bus(request: pytest.FixtureRequest) -> Bus:
                     prefix=request.getfixturevalue("key_prefix"))
 
 
+def redis_acl_tls_bus(request: pytest.FixtureRequest) -> Bus:
+    """One Redis over TLS (a private CA, a client certificate), as an ACL user that may run
+    only the commands docs/CLUSTER.md lists, on its own key prefix."""
+    from signaling.bus.redis import RedisBus
+
+    prefix = request.getfixturevalue("key_prefix")
+    url = request.getfixturevalue("redis_acl_tls").url_for(prefix)
+    return RedisBus(url, node_id="node-1", grace=GRACE, inbox_limit=4, prefix=prefix)
+
+
+def redis_sentinel_bus(request: pytest.FixtureRequest) -> Bus:
+    """The primary found through three sentinels, as the node's ACL user, every write on
+    the replica before it is acknowledged."""
+    from signaling.bus.redis import RedisBus
+
+    prefix = request.getfixturevalue("key_prefix")
+    url = request.getfixturevalue("redis_sentinel").url_for(prefix)
+    return RedisBus(url, node_id="node-1", grace=GRACE, inbox_limit=4, prefix=prefix, replicas=1)
+
+
 BUSES: dict[str, Callable[[pytest.FixtureRequest], Bus]] = {
-    "memory": memory_bus, "redis": redis_bus, "redis-cluster": redis_cluster_bus}
+    "memory": memory_bus, "redis": redis_bus, "redis-cluster": redis_cluster_bus,
+    "redis-acl-tls": redis_acl_tls_bus, "redis-sentinel": redis_sentinel_bus}
 
 
 @pytest.fixture(params=sorted(BUSES))
@@ -277,7 +298,7 @@ async def test_reattach_within_grace_keeps_rooms_silently(bus):
     assert len(a_box.got) == 1  # no peer-left, no second peer-joined
 
 
-@pytest.fixture(params=["redis", "redis-cluster"])
+@pytest.fixture(params=["redis", "redis-cluster", "redis-acl-tls", "redis-sentinel"])
 async def redis_bus_only(request) -> AsyncIterator[Bus]:
     b = BUSES[request.param](request)
     await b.start()
