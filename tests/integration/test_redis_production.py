@@ -63,7 +63,9 @@ def _check(reports: dict[str, StreamReport], what: str) -> None:
     total = sum(r.sent for r in reports.values())
     lost = {s: sorted(r.lost) for s, r in reports.items() if r.lost}
     repeats = sum(r.seq_repeats for r in reports.values())
-    print(f"\n{what}: {total} messages acked, {sum(map(len, lost.values()))} lost, {repeats} delivered twice")
+    gap = max(r.longest_gap() for r in reports.values())
+    print(f"\n{what}: {total} messages acked, {sum(map(len, lost.values()))} lost, {repeats} delivered twice; "
+          f"longest time a stream went without a delivery {gap:.2f}s")
     assert not lost, f"acknowledged messages never delivered: {lost}"
     assert repeats == 0
     assert all(r.in_order for r in reports.values())
