@@ -18,15 +18,16 @@ script that acts for a connection checks that connection's **fence** (its epoch,
 redis_scripts) so a write from a node that lost its lease, or from a connection that
 was superseded, is refused. docs/CLUSTER.md has the whole model.
 
-One pub/sub connection per Redis server (`Subscriber`), one reader task each. When a
-connection drops, its reader reconnects, subscribes every channel again and, holding
-new messages back, registers this node's live peers again and hands each what reached
-its inbox meanwhile; then the held messages follow, so a live session misses nothing
-and sees nothing out of order.
+Redis is reached through a `RedisLink` (redis_link.py): one Redis, found directly or
+through Sentinel, or Redis Cluster; every command is sent on call, in order per server.
+When a pub/sub connection drops, it reconnects, subscribes every channel again and,
+holding new messages back, this bus registers the node's live peers again and hands each
+what reached its inbox meanwhile; then the held messages follow, so a live session misses
+nothing and sees nothing out of order.
 
-`redis+cluster://host:port[,host:port...]` runs on Redis Cluster: every key and channel
-of a peer shares the hash tag `{p:<id>}`, scripts publish with SPUBLISH (sharded
-pub/sub, Redis 7), and the node keeps one subscriber per primary.
+On Redis Cluster every key and channel of a peer shares the hash tag `{p:<id>}`, scripts
+publish with SPUBLISH (sharded pub/sub, Redis 7), and the node-wide keys (grace
+schedule, node sets) are in other slots, so what touches them is a command of its own.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ class RedisBus(Bus):
     @property
     def _retry_horizon_ms(self) -> int:
         """TRIM keeps entries this young (inbox.TRIM_HORIZON), and at least as long as a
-        retry of a send may still come: the batcher gives a reply up after 5 s, and a node
+        retry of a send may still come: the pipeline gives a reply up after 5 s, and a node
         retries only while its lease holds."""
         return int(max(TRIM_HORIZON, 5.0 + 3 * self.node_ttl) * 1000)
 
