@@ -388,3 +388,19 @@ async def test_a_send_whose_reply_was_lost_runs_once_when_tried_again(redis_serv
         assert [m["data"] for m in await box.wait(2)] == [1, 2] and len(box.got) == 2
     finally:
         await bus.close()
+
+
+async def test_commands_are_sent_on_call_and_run_in_call_order(redis_bus_only):
+    # the bus relies on it on every topology (an attach registers with its node before
+    # ATTACH runs; a detach's schedule follows it): redis-py's cluster client sent a
+    # command only once its coroutine was awaited, which reordered them
+    bus = redis_bus_only
+    key = f"{bus.prefix}:{{p:order}}:probe"
+    first = bus._cmd("SADD", key, "first")  # noqa: SLF001 - not awaited
+    await asyncio.sleep(0.2)
+    assert await bus._cmd("SMEMBERS", key) == [b"first"]  # noqa: SLF001 - it ran without being awaited
+    writes = [bus._cmd("SADD", key, f"m{i}") for i in range(50)]  # noqa: SLF001
+    count = bus._cmd("SCARD", key)  # noqa: SLF001 - sent after the 50, answered after them
+    assert await count == 51
+    await asyncio.gather(first, *writes)
+    await bus._cmd("DEL", key)  # noqa: SLF001
