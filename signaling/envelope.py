@@ -45,17 +45,26 @@ def pack(env: Envelope) -> bytes:
 
 
 def unpack(raw: bytes) -> Envelope:
+    """The envelope in `raw`; EnvelopeError for anything else (never another exception)."""
     try:
         obj = msgpack.unpackb(raw, raw=True)
         version, kind, epoch = obj[b"v"], obj[b"k"], int(obj[b"e"])
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-        raise EnvelopeError(f"not an envelope: {exc}") from None
-    if version != VERSION:
-        raise EnvelopeError(f"envelope version {version} (this node speaks {VERSION})")
-    if kind == b"d":
-        return Envelope("d", epoch, obj[b"s"].decode(), obj[b"b"], float(obj.get(b"t", 0)))
-    if kind == b"r":
-        return Envelope("r", epoch, successor=int(obj.get(b"n", 0)))
-    if kind == b"q":
-        return Envelope("q", epoch, body=obj[b"q"], sent_ms=float(obj[b"t"]))
+        if version != VERSION:
+            raise EnvelopeError(f"envelope version {version} (this node speaks {VERSION})")
+        if kind == b"d":
+            body = obj[b"b"]
+            if type(body) is not bytes:
+                raise TypeError(f"body is a {type(body).__name__}")
+            return Envelope("d", epoch, obj[b"s"].decode(), body, float(obj.get(b"t", 0)))
+        if kind == b"r":
+            return Envelope("r", epoch, successor=int(obj.get(b"n", 0)))
+        if kind == b"q":
+            quota = obj[b"q"]
+            if type(quota) is not bytes:
+                raise TypeError(f"quota is a {type(quota).__name__}")
+            return Envelope("q", epoch, body=quota, sent_ms=float(obj[b"t"]))
+    except EnvelopeError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
+        raise EnvelopeError(f"not an envelope: {exc!r}") from None
     raise EnvelopeError(f"unknown envelope kind {kind!r}")

@@ -23,7 +23,8 @@ class Expiries(Generic[T]):
         self._clock = clock  # wall clock (token `exp` is unix time)
         self._heap: list[tuple[float, int, weakref.ref[T]]] = []
         self._n = 0
-        self._forgotten = 0
+        self._forgotten = 0  # entries in the heap whose item ended
+        self._queued: weakref.WeakSet[T] = weakref.WeakSet()  # items with a live entry in the heap
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
 
@@ -34,11 +35,15 @@ class Expiries(Generic[T]):
         """Expire `item` at unix time `deadline`."""
         self._n += 1
         heapq.heappush(self._heap, (deadline, self._n, weakref.ref(item)))
+        self._queued.add(item)
         if deadline < self._timer_at:
             self._schedule(deadline)
 
     def forget(self, item: T) -> None:
         """`item` (whose `ended` is now true) ended before its deadline: its entry goes lazily."""
+        if item not in self._queued:
+            return  # its entry is gone already (it expired, then ended)
+        self._queued.discard(item)
         self._forgotten += 1
         if self._forgotten > 64 and self._forgotten * 2 > len(self._heap):
             self._heap = [e for e in self._heap if (x := e[2]()) is not None and self._alive(x)]
@@ -71,6 +76,7 @@ class Expiries(Generic[T]):
             if item is None or not self._alive(item):
                 self._forgotten = max(0, self._forgotten - 1)
                 continue
+            self._queued.discard(item)
             self._expire(item)
         if self._heap:
             self._schedule(self._heap[0][0])

@@ -46,3 +46,24 @@ async def test_forgotten_entries_are_compacted_and_the_dead_do_not_linger():
     assert len(ex._heap) < 200  # noqa: SLF001 - bounded by the live ones, not by the churn
     assert {e[2]().name for e in ex._heap if e[2]() is not None and not e[2]().ended} == {c.name for c in keep}  # noqa: SLF001
     ex.close()
+
+
+async def test_a_connection_that_ends_after_its_token_expired_is_not_counted_twice():
+    # its entry left the heap when it expired: forgetting it afterwards must not count a
+    # forgotten entry that is not there (len() went negative: a ValueError)
+    loop = asyncio.get_running_loop()
+    expired: list[Conn] = []
+    ex: Expiries[Conn] = Expiries(expired.append, loop.time)
+    conns = [Conn(f"c{i}") for i in range(3)]
+    for c in conns:
+        ex.add(c, loop.time() + 0.01)
+    await asyncio.sleep(0.05)
+    assert expired == conns and len(ex) == 0
+    for c in conns:
+        c.ended = True
+        ex.forget(c)  # the session ends after its token expired
+    assert len(ex) == 0 and ex._forgotten == 0  # noqa: SLF001
+    later = Conn("later")
+    ex.add(later, loop.time() + 3600)
+    assert len(ex) == 1
+    ex.close()

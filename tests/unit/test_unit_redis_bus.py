@@ -33,6 +33,11 @@ def test_envelope_round_trip_and_version_check():
         envelope.unpack(msgpack.packb({"v": 2, "k": "d", "e": 1}))
     with pytest.raises(envelope.EnvelopeError):
         envelope.unpack(b"\xc1 not msgpack")
+    # a known kind without its fields, or fields of the wrong type: the bad-envelope path too
+    for broken in ({"v": 1, "k": "d", "e": 1}, {"v": 1, "k": "d", "e": 1, "s": 5, "b": b"x"},
+                   {"v": 1, "k": "d", "e": 1, "s": "1-0", "b": 5}, {"v": 1, "k": "q", "e": 1}, [1, 2, 3], 7):
+        with pytest.raises(envelope.EnvelopeError):
+            envelope.unpack(msgpack.packb(broken))
 
 
 def test_prefix_is_checked():
