@@ -66,6 +66,7 @@ ATTACH_WINDOW = 15.0  # s: an ATTACH reaching Redis later after its handshake be
 LEASE_MARGIN = 0.2  # of node_ttl: the lease runs out here this much before it does in Redis
 RETRY_PAUSE = 0.05  # s: between tries of a send whose first reply was lost
 AUDIT_BATCH = 500  # peer states the sweeper checks a sweep (see _audit)
+REGISTER_BATCH = 500  # peers registered again per round trip after Redis lost them (see _register_again)
 OFFSET_JITTER = 0.005  # s: how far the estimate of Redis's clock may wander before it is updated
 
 
@@ -123,6 +124,7 @@ class RedisBus(Bus):
         self._channel_peer: dict[bytes, str] = {}  # channel name -> peer id, for subscribed channels
         self._healthy = False  # the last command connection use succeeded
         self._recovery = asyncio.Lock()  # one registration round at a time
+        self._recovery_task: asyncio.Future[None] | None = None  # one the heartbeat started
         self._send_keys: dict[str, tuple[str, bytes]] = {}  # peer -> its state key, its SEND keys packed (bounded)
         self._sender_keys: dict[str, bytes] = {}  # peer -> its state key packed, as a sender (bounded)
         self._send_head = self._send_tail = b""
@@ -238,9 +240,10 @@ class RedisBus(Bus):
     async def close(self) -> None:
         if self._lease_timer is not None:
             self._lease_timer.cancel()
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._recovery_task] if self._recovery_task is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._link is not None:
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
                 async with asyncio.timeout(2):
@@ -339,8 +342,9 @@ class RedisBus(Bus):
     async def _lease(self, mode: str) -> tuple[float, int, int]:
         """One LEASE call: (sent at, monotonic; Redis's clock, us; status)."""
         sent = time.monotonic()
-        us, status, era, lost = await self._eval("LEASE", [self.nodes_key], [
-            self.node_id, int(self.node_ttl * 1000), mode, self._era_ms or ""])
+        assert self._link is not None
+        us, status, era, lost = await self._link.script("LEASE", [self.nodes_key], [
+            self.node_id, int(self.node_ttl * 1000), mode, self._era_ms or ""], control=True)
         self._healthy = True
         self._era_ms, self._era_lost = int(era), bool(lost)
         return sent, int(us), int(status)
@@ -395,7 +399,7 @@ class RedisBus(Bus):
                 if self._lease_until:
                     self._check_serving()
                     if not await self._renew_lease() or self._recovering:
-                        await self._recover()
+                        self._recover_soon()  # not awaited: the lease is renewed on, however long it takes
                     elif self._detach_failed:
                         self._detach_failed = False
                         await self._reconcile()
@@ -793,6 +797,18 @@ class RedisBus(Bus):
         with contextlib.suppress(RedisError, OSError):
             await self._cmd("SPUBLISH" if self.clustered else "PUBLISH", channel, envelope.pack(env))
 
+    def _recover_soon(self) -> None:
+        if self._recovery_task is None or self._recovery_task.done():
+            self._recovery_task = asyncio.ensure_future(self._recover_logged())
+
+    async def _recover_logged(self) -> None:
+        try:
+            await self._recover()
+        except (RedisError, OSError, BusUnavailable) as exc:
+            log.warning("recovery failed (the next heartbeat tries again): %s", exc)
+        except Exception:
+            log.exception("recovery failed")
+
     async def _recover(self) -> None:
         """After Redis comes back (or came back empty): make it agree with what this node
         holds, then hand each connection what reached its inbox meanwhile, all before any
@@ -815,44 +831,55 @@ class RedisBus(Bus):
             yield
 
     async def _register_again(self) -> None:
-        """Register every live connection, its rooms and this node again, pipelined; hand
-        each what its inbox got after the last seq it was given. Idempotent, so it runs
-        after every reconnect: Redis may have restarted empty, failed over to a lagging
-        replica, or dropped a pub/sub connection. No peer-joined/peer-left churn."""
-        live: list[tuple[str, _Local]] = []
-        for peer, locals_ in list(self._local.items()):
-            owned = [x for x in locals_ if x.epoch is not None]
-            if owned:
-                live.append((peer, owned[-1]))
-        if not live:
-            return
-        calls = [("REGISTER", list(self._peer_keys(peer)[:3]), [local.epoch, self.node_id, local.last_seq,
-                                                                 self.inbox_limit, *sorted(local.rooms)])
-                 for peer, local in live]
-        results = await self._run_scripts(calls)
-        # what follows is sent whatever happened to the lease meanwhile: a restored peer must
-        # not stay without its place in its rooms (deliveries check the lease themselves)
-        restored, refused, gaps = 0, 0, 0
-        follow_up: list[Any] = []
-        for (peer, local), res in zip(live, results):
-            kind = res[0]
-            if kind == 0:  # a newer connection took the peer, or it was taken for gone: resume
-                refused += 1
-                local.mailbox.lost()
+        """Register every live connection, its rooms and this node again; hand each what its
+        inbox got after the last seq it was given. Idempotent, so it runs after every
+        reconnect: Redis may have restarted empty, failed over to a lagging replica, or
+        dropped a pub/sub connection. No peer-joined/peer-left churn.
+
+        REGISTER_BATCH peers a round trip, each batch's set and schedule updates folded into
+        one command per key: 10,000 peers at once queued 30,000 commands ahead of everything
+        else on the connection, and other work waited seconds behind them."""
+        peers = list(self._local)
+        restored = refused = gaps = 0
+        for i in range(0, len(peers), REGISTER_BATCH):
+            live: list[tuple[str, _Local]] = []
+            for peer in peers[i:i + REGISTER_BATCH]:  # as they are now: some may have ended meanwhile
+                owned = [x for x in self._local.get(peer, ()) if x.epoch is not None]
+                if owned:
+                    live.append((peer, owned[-1]))
+            if not live:
                 continue
-            if kind == 3:
-                gaps += 1
-                local.mailbox.lost()
-                continue
-            if kind == 1:
-                epoch: int = local.epoch  # type: ignore[assignment]  # (only attached connections register)
-                for seq, body in res[1]:
-                    self._handle(local, envelope.Envelope("d", epoch, seq.decode(), body))
-            restored += kind == 2
-            follow_up.append(self._cmd("SADD", self._node_peers_key(self.node_id), peer))
-            follow_up.append(self._cmd("ZREM", self.grace_key, peer))
-            follow_up += [self._cmd("SADD", self._room_key(room), peer) for room in local.rooms]
-        await asyncio.gather(*follow_up)
+            calls = [("REGISTER", list(self._peer_keys(peer)[:3]), [local.epoch, self.node_id, local.last_seq,
+                                                                     self.inbox_limit, *sorted(local.rooms)])
+                     for peer, local in live]
+            results = await self._run_scripts(calls)
+            # what follows is sent whatever happened to the lease meanwhile: a restored peer must
+            # not stay without its place in its rooms (deliveries check the lease themselves)
+            registered: list[str] = []
+            rooms: dict[str, list[str]] = {}
+            for (peer, local), res in zip(live, results):
+                kind = res[0]
+                if kind == 0:  # a newer connection took the peer, or it was taken for gone: resume
+                    refused += 1
+                    local.mailbox.lost()
+                    continue
+                if kind == 3:
+                    gaps += 1
+                    local.mailbox.lost()
+                    continue
+                if kind == 1:
+                    epoch: int = local.epoch  # type: ignore[assignment]  # (only attached connections register)
+                    for seq, body in res[1]:
+                        self._handle(local, envelope.Envelope("d", epoch, seq.decode(), body))
+                restored += kind == 2
+                registered.append(peer)
+                for room in local.rooms:
+                    rooms.setdefault(room, []).append(peer)
+            if registered:
+                await asyncio.gather(self._cmd("SADD", self._node_peers_key(self.node_id), *registered),
+                                     self._cmd("ZREM", self.grace_key, *registered),
+                                     *(self._cmd("SADD", self._room_key(room), *members)
+                                       for room, members in rooms.items()))
         if restored:
             self._settle_until = time.monotonic() + self.node_ttl
             log.warning("Redis had lost %d live peers of this node: registered them again", restored)

@@ -65,9 +65,11 @@ class RedisLink(abc.ABC):
     def sha(self, name: str) -> str:
         return self._shas[name]
 
-    def script(self, name: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
-        """EVALSHA of script `name`, on the server of its first key."""
-        return self.call(keys[0], "EVALSHA", self._shas[name], len(keys), *keys, *args)
+    def script(self, name: str, keys: list[str], args: list[Any], *, control: bool = False) -> asyncio.Future[Any]:
+        """EVALSHA of script `name`, on the server of its first key. `control`: on a
+        connection of its own, so it is never queued behind bulk work (the lease: a
+        recovery of thousands of peers must not make its renewal late)."""
+        return self.call(keys[0], "EVALSHA", self._shas[name], len(keys), *keys, *args, control=control)
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -77,8 +79,8 @@ class RedisLink(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    def call(self, key: str | bytes, *args: Any) -> asyncio.Future[Any]:
-        """One command, sent now, on the server that holds `key`."""
+    def call(self, key: str | bytes, *args: Any, control: bool = False) -> asyncio.Future[Any]:
+        """One command, sent now, on the server that holds `key` (`control`: see `script`)."""
 
     @abc.abstractmethod
     def call_packed(self, key: str | bytes, command: bytes) -> asyncio.Future[Any]:
@@ -148,6 +150,7 @@ class SingleLink(RedisLink):
         self._primary: Endpoint | None = None  # where the pipeline last connected
         self._pipeline = Pipeline(locate, target, self._scripts, require_primary=sentinel, name=self.name,
                                   on_connected=self._connected, replicas=self.replicas)
+        self._control = Pipeline(locate, target, self._scripts, require_primary=sentinel, name=self.name)
         self._subscriber = Subscriber(locate, target, name=self.name, sharded=False, on_message=self.on_message,
                                       on_reconnect=self._reconnected, require_primary=sentinel)
 
@@ -157,9 +160,10 @@ class SingleLink(RedisLink):
     async def close(self) -> None:
         await self._subscriber.close()
         await self._pipeline.close()
+        await self._control.close()
 
-    def call(self, key: str | bytes, *args: Any) -> asyncio.Future[Any]:
-        return self._pipeline.call(*args)
+    def call(self, key: str | bytes, *args: Any, control: bool = False) -> asyncio.Future[Any]:
+        return (self._control if control else self._pipeline).call(*args)
 
     def call_packed(self, key: str | bytes, command: bytes) -> asyncio.Future[Any]:
         return self._pipeline.call_packed(command)
@@ -211,6 +215,7 @@ class ClusterLink(RedisLink):
         self._owners: list[str | None] = [None] * SLOTS  # slot -> primary name
         self._primaries: dict[str, Endpoint] = {}
         self._pipelines: dict[str, Pipeline] = {}  # primaries, and servers a redirect named
+        self._controls: dict[str, Pipeline] = {}  # the same, for control commands (see RedisLink.script)
         self._subs: dict[str, Subscriber] = {}  # primary name -> its sharded pub/sub connection
         self._channels: set[bytes] = set()  # every channel subscribed (they follow their slot)
         self._refreshing: asyncio.Task[bool] | None = None
@@ -227,16 +232,17 @@ class ClusterLink(RedisLink):
             self._refreshing.cancel()
         for sub in list(self._subs.values()):
             await sub.close()
-        for pipeline in list(self._pipelines.values()):
+        for pipeline in [*self._pipelines.values(), *self._controls.values()]:
             await pipeline.close()
 
     # -- commands ----------------------------------------------------------------------
-    def call(self, key: str | bytes, *args: Any) -> asyncio.Future[Any]:
-        return self.call_packed(key, pack(args))
+    def call(self, key: str | bytes, *args: Any, control: bool = False) -> asyncio.Future[Any]:
+        slot = key_slot(key.encode() if isinstance(key, str) else key)
+        return self._routed(slot, pack(args), self._owners[slot], 0, asking=False, control=control)
 
     def call_packed(self, key: str | bytes, command: bytes) -> asyncio.Future[Any]:
         slot = key_slot(key.encode() if isinstance(key, str) else key)
-        return self._routed(slot, command, self._owners[slot], 0, asking=False)
+        return self._routed(slot, command, self._owners[slot], 0, asking=False, control=False)
 
     def servers(self) -> list[str]:
         return sorted(self._primaries)
@@ -249,22 +255,24 @@ class ClusterLink(RedisLink):
             return future
         return pipeline.call(*args)
 
-    def _pipeline(self, name: str) -> Pipeline:
-        pipeline = self._pipelines.get(name)
+    def _pipeline(self, name: str, control: bool = False) -> Pipeline:
+        pipelines = self._controls if control else self._pipelines
+        pipeline = pipelines.get(name)
         if pipeline is None:
             host, _, port = name.rpartition(":")
-            pipeline = self._pipelines[name] = Pipeline.fixed(Endpoint(host, int(port)), self.target, self._scripts,
-                                                              on_lost=self._lost, on_connected=self._reached,
-                                                              replicas=self.replicas)
+            pipeline = pipelines[name] = Pipeline.fixed(Endpoint(host, int(port)), self.target, self._scripts,
+                                                        on_lost=self._lost, on_connected=self._reached,
+                                                        replicas=0 if control else self.replicas)
         return pipeline
 
-    def _routed(self, slot: int, command: bytes, owner: str | None, hops: int, *, asking: bool) -> asyncio.Future[Any]:
+    def _routed(self, slot: int, command: bytes, owner: str | None, hops: int, *, asking: bool,
+                control: bool) -> asyncio.Future[Any]:
         if owner is None:
             future = asyncio.get_running_loop().create_future()
             future.set_exception(CommandNotSent(f"no primary serves slot {slot} (the cluster is changing)"))
             self._refresh_soon()
             return future
-        pipeline = self._pipeline(owner)
+        pipeline = self._pipeline(owner, control)
         if asking:
             pipeline.call("ASKING").add_done_callback(retrieved)  # (sent just before: nothing comes between)
         inner = pipeline.call_packed(command)
@@ -287,7 +295,7 @@ class ClusterLink(RedisLink):
                     if kind == "MOVED":
                         self._owners[slot] = target
                         self._refresh_soon()
-                    _chain(self._routed(slot, command, target, hops + 1, asking=kind == "ASK"), outer)
+                    _chain(self._routed(slot, command, target, hops + 1, asking=kind == "ASK", control=control), outer)
                     return
             if exc is not None:
                 outer.set_exception(exc)
@@ -367,8 +375,9 @@ class ClusterLink(RedisLink):
                 moved += 1
             stale = [name for name in self._subs if name not in self._primaries]
             closing = [self._subs.pop(name) for name in stale]
-            for name in [n for n in self._pipelines if n not in self._primaries]:
-                asyncio.ensure_future(self._pipelines.pop(name).close()).add_done_callback(retrieved)
+            for pipelines in (self._pipelines, self._controls):
+                for name in [n for n in pipelines if n not in self._primaries]:
+                    asyncio.ensure_future(pipelines.pop(name).close()).add_done_callback(retrieved)
         if changed or moved or stale:
             log.warning("cluster changed: %d channels now on other primaries, %d primaries gone", moved, len(stale))
             with contextlib.suppress(RedisError, OSError, BusUnavailable):
