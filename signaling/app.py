@@ -15,8 +15,9 @@ import ipaddress
 import json
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Iterable, Sequence
+from typing import Any
 
 from aiohttp import web
 

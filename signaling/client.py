@@ -34,8 +34,9 @@ import random
 import re
 import secrets
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -53,8 +54,8 @@ RECENT_IDS = 4096  # (sender, id) pairs remembered for that
 ABNORMAL = 1006
 
 Frame = dict[str, Any]
-Handler = Callable[[Any], Union[None, Awaitable[None]]]
-TokenProvider = Callable[[], Union[str, Awaitable[str]]]
+Handler = Callable[[Any], None | Awaitable[None]]
+TokenProvider = Callable[[], str | Awaitable[str]]
 
 
 class SignalingError(Exception):
@@ -471,7 +472,7 @@ class SignalingClient(_Events):
                 max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_close=5.0)), self.HANDSHAKE_TIMEOUT)
         except aiohttp.WSServerHandshakeError as exc:
             return self._refused(exc.status, exc.message)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return ABNORMAL, f"cannot connect: {exc!r}", False
         self._ws = ws
         self._out = asyncio.Queue()
@@ -644,7 +645,7 @@ class SignalingClient(_Events):
 
 # -- perfect negotiation for aiortc ---------------------------------------------------------
 
-Setup = Callable[["RTCPeerConnection"], Union[None, Awaitable[None]]]
+Setup = Callable[["RTCPeerConnection"], None | Awaitable[None]]
 _UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
 
 

@@ -16,9 +16,10 @@ import os
 import re
 import socket
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .quota import Limits
 

@@ -31,7 +31,7 @@ protocol lets one connect and only listen.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 from aiohttp import web
 

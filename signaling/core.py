@@ -9,8 +9,8 @@ answer back through `Peer.settle(effect, result)`, which returns the receipt.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Union
 
 from . import protocol as p
 from .directory import Outcome, Result
@@ -63,8 +63,8 @@ class Close:
     reason: str
 
 
-Effect = Union[Reply, Send, Broadcast, JoinRoom, LeaveRoom, Close]
-BusWork = Union[Send, Broadcast, JoinRoom, LeaveRoom]
+Effect = Reply | Send | Broadcast | JoinRoom | LeaveRoom | Close
+BusWork = Send | Broadcast | JoinRoom | LeaveRoom
 
 # -- limits -------------------------------------------------------------------------
 

@@ -29,8 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Mapping, Sequence
+from typing import IO, Any
 
 import aiohttp
 
@@ -189,7 +190,7 @@ async def http_status(http: aiohttp.ClientSession, url: str) -> int | None:
     try:
         async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
             return r.status
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+    except (TimeoutError, aiohttp.ClientError, OSError):
         return None
 
 
@@ -307,7 +308,7 @@ class LocalRedis:
                 writer.close()
                 if pong.startswith(b"+PONG"):
                     return
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 pass
             await asyncio.sleep(0.02)
         raise LaunchError(f"redis-server did not answer on port {self.port}")
@@ -544,7 +545,7 @@ async def run(cluster: LocalCluster, out: IO[str] = sys.stdout) -> int:
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             for node in cluster.nodes:
                 if not node.running and node.node_id not in reported:

@@ -12,7 +12,6 @@ import logging
 import re
 import sys
 
-
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 

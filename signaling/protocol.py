@@ -12,7 +12,7 @@ import enum
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import orjson
 
@@ -53,7 +53,7 @@ RELAY_TYPES: dict[str, tuple[str, bool]] = {
 CONTROL_TYPES = frozenset({"join", "leave", "ping"})
 CLIENT_TYPES = frozenset(RELAY_TYPES) | CONTROL_TYPES
 
-ReceiptId = Union[str, int, None]
+ReceiptId = str | int | None
 
 
 class ProtocolError(Exception):
@@ -95,7 +95,7 @@ class Ping:
     id: ReceiptId
 
 
-ClientMessage = Union[Relay, Join, Leave, Ping]
+ClientMessage = Relay | Join | Leave | Ping
 
 
 def is_name(value: Any) -> bool:

@@ -23,7 +23,8 @@ import contextlib
 import logging
 import struct
 import time
-from typing import TYPE_CHECKING, Awaitable
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 

@@ -160,7 +160,7 @@ class Stack:
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             raise AssertionError(f"docker {' '.join(args)}: no end within {timeout} s") from None

@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import uuid  # noqa: E402
-from typing import Iterator  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -29,7 +29,7 @@ def key_prefix() -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory) -> Iterator["RedisClusterServers"]:
+def redis_cluster(tmp_path_factory) -> Iterator[RedisClusterServers]:
     """A real 3-primary Redis Cluster for the session."""
     from support import RedisClusterServers
 
@@ -82,7 +82,7 @@ async def cluster(redis_server, key_prefix, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def redis_ca(tmp_path_factory) -> "PrivateCA":
+def redis_ca(tmp_path_factory) -> PrivateCA:
     """The private CA the TLS fixtures below trust: .ca_cert, .server_cert/.server_key,
     .client_cert/.client_key (PEM paths); .client_kwargs() / .url_query() for redis-py."""
     from redis_topologies import PrivateCA
@@ -91,7 +91,7 @@ def redis_ca(tmp_path_factory) -> "PrivateCA":
 
 
 @pytest.fixture(scope="session")
-def redis_tls(tmp_path_factory, redis_ca) -> Iterator["TlsRedisServer"]:
+def redis_tls(tmp_path_factory, redis_ca) -> Iterator[TlsRedisServer]:
     """redis-server TLS only (--port 0 --tls-port P, --tls-auth-clients yes: a client certificate
     is required), no password. `.url()` -> rediss://127.0.0.1:P/0?ssl_ca_certs=...&ssl_certfile=...
     &ssl_keyfile=...&ssl_cert_reqs=required."""
@@ -105,7 +105,7 @@ def redis_tls(tmp_path_factory, redis_ca) -> Iterator["TlsRedisServer"]:
 
 
 @pytest.fixture(scope="session")
-def redis_acl(tmp_path_factory) -> Iterator["AclRedis"]:
+def redis_acl(tmp_path_factory) -> Iterator[AclRedis]:
     """redis-server with the default user off and an `admin` user. `.url_for(prefix)` creates (once)
     a user with NODE_ACL_RULES for that key prefix and returns redis://node-<prefix>:<pw>@127.0.0.1:P/0;
     `.admin_url`; `.server` is the SecureRedisServer."""
@@ -119,7 +119,7 @@ def redis_acl(tmp_path_factory) -> Iterator["AclRedis"]:
 
 
 @pytest.fixture(scope="session")
-def redis_acl_tls(tmp_path_factory, redis_ca) -> Iterator["AclRedis"]:
+def redis_acl_tls(tmp_path_factory, redis_ca) -> Iterator[AclRedis]:
     """redis_acl over TLS only (--tls-auth-clients optional): `.url_for(prefix)` ->
     rediss://node-<prefix>:<pw>@127.0.0.1:P/0?ssl_ca_certs=...&ssl_certfile=...&ssl_keyfile=...&ssl_cert_reqs=required
     (`client_cert=False` leaves out the client certificate)."""
@@ -133,7 +133,7 @@ def redis_acl_tls(tmp_path_factory, redis_ca) -> Iterator["AclRedis"]:
 
 
 @pytest.fixture(scope="session")
-def redis_sentinel(tmp_path_factory) -> Iterator["SentinelTopology"]:
+def redis_sentinel(tmp_path_factory) -> Iterator[SentinelTopology]:
     """1 primary + 1 replica (user `admin`, default user off) + 3 sentinels. `.url` ->
     redis+sentinel://admin:<pw>@127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/mymaster/0; `.url_for(prefix)`
     the same with a node ACL user; `.primary()`, `.failover()`, `.kill_primary()` + `.revive()`.
@@ -148,7 +148,7 @@ def redis_sentinel(tmp_path_factory) -> Iterator["SentinelTopology"]:
 
 
 @pytest.fixture(scope="session")
-def redis_sentinel_tls(tmp_path_factory, redis_ca) -> Iterator["SentinelTopology"]:
+def redis_sentinel_tls(tmp_path_factory, redis_ca) -> Iterator[SentinelTopology]:
     """redis_sentinel with every link TLS only (sentinels too): `.url` ->
     rediss+sentinel://admin:<pw>@127.0.0.1:S1,.../mymaster/0?ssl_ca_certs=...&ssl_certfile=...&ssl_keyfile=...&ssl_cert_reqs=required."""
     from redis_topologies import SentinelTopology, new_password
@@ -162,7 +162,7 @@ def redis_sentinel_tls(tmp_path_factory, redis_ca) -> Iterator["SentinelTopology
 
 
 @pytest.fixture(scope="session")
-def redis_cluster_secure(tmp_path_factory, redis_ca) -> Iterator["SecureRedisCluster"]:
+def redis_cluster_secure(tmp_path_factory, redis_ca) -> Iterator[SecureRedisCluster]:
     """Redis Cluster, 3 primaries + 3 replicas, ACL (user `admin`, default user off; replicas log in
     with --masteruser/--masterauth) and TLS everywhere (clients, --tls-replication, --tls-cluster).
     `.url` -> rediss+cluster://admin:<pw>@127.0.0.1:P1,...,127.0.0.1:P6?ssl_ca_certs=...&ssl_certfile=...

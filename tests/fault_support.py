@@ -34,9 +34,10 @@ import signal
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -338,7 +339,7 @@ class FaultPeer:
         except aiohttp.WSServerHandshakeError as exc:
             self._fail(f"refused {exc.status}")
             return None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._fail("no upgrade within the handshake timeout")
             return None
         except (aiohttp.ClientError, OSError) as exc:
@@ -346,7 +347,7 @@ class FaultPeer:
             return None
         try:
             msg = await ws.receive(timeout=max(0.05, HANDSHAKE_TIMEOUT - (time.monotonic() - began)))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._fail("no welcome within the handshake timeout")
             self._abort_ws(ws)
             return None
@@ -548,7 +549,7 @@ class FaultPeer:
                 assert conn.ws is not None
                 await conn.ws.send_str(orjson.dumps({"type": "join", "room": room, "id": f"join:{room}"}).decode())
                 await asyncio.wait_for(asyncio.shield(future), 5)
-            except (asyncio.TimeoutError, ConnectionError, RuntimeError, aiohttp.ClientError):
+            except (TimeoutError, ConnectionError, RuntimeError, aiohttp.ClientError):
                 await asyncio.sleep(0.25)
                 continue
             if future.result().get("type") == "joined" and self.conn is conn and conn.live:
@@ -612,7 +613,7 @@ class Stream:
             n += 1  # never resent, whatever happens
             try:
                 await asyncio.wait_for(sent.done.wait(), ACK_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if conn.live and sent.outcome == "pending":  # a late answer still updates it
                     violations.append(Violation(
                         "unanswered", sent.at, f"{self.key} {sent.describe()}: no ack or error within "

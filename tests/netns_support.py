@@ -24,8 +24,8 @@ import re
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 CLONE_NEWNET = 0x40000000
 PREFIX = "sigtest"  # namespace names: sigtest-<pid>-<hex>; stale ones are swept

@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import ssl
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 
@@ -49,7 +50,7 @@ async def nginx_in_front(tmp_path: Path, *node_args: str, redirect: bool = False
                         async with http.get(f"{scheme}://{bases[scheme]}/readyz", ssl=trust) as r:
                             if r.status == 200:
                                 break
-                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                    except (TimeoutError, aiohttp.ClientError):
                         pass
                     assert time.monotonic() < deadline, f"nginx did not answer on {scheme}://{bases[scheme]}:\n{nginx.log()}"
                     await asyncio.sleep(0.05)

@@ -14,9 +14,10 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 
@@ -222,7 +223,7 @@ class GoodApp:
             if conn.code is None and not conn.abandoned:
                 try:
                     await asyncio.wait_for(conn.ws.close(), 2)
-                except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError):
+                except (TimeoutError, aiohttp.ClientError, ConnectionError):
                     conn.abort()
             if conn.reader is not None:
                 conn.reader.cancel()
@@ -272,7 +273,7 @@ class GoodApp:
         sent = await self.send_nowait(n, to=to, room=room, stream=stream)
         try:
             await asyncio.wait_for(sent.answered.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass  # still pending: a late answer is recorded when it comes
         return sent
 
@@ -491,7 +492,7 @@ async def ready_status(node: NodeProcess) -> int:
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{node.base}/readyz", timeout=aiohttp.ClientTimeout(total=1)) as r:
                 return r.status
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return 0
 
 

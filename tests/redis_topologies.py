@@ -19,8 +19,9 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import redis
@@ -110,7 +111,7 @@ class PrivateCA:
         self.ca_cert, self.ca_key = self.directory / "ca.crt", self.directory / "ca.key"
         self.server_cert, self.server_key = self.directory / "server.crt", self.directory / "server.key"
         self.client_cert, self.client_key = self.directory / "client.crt", self.directory / "client.key"
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
 
         def subject(cn: str) -> x509.Name:
             return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"signaling tests {name}"),

@@ -89,7 +89,7 @@ class Client:
         """Assert nothing arrives within `timeout`."""
         try:
             msg = await self.ws.receive(timeout=timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
         raise AssertionError(f"expected silence, got {msg.type} {msg.data!r}")
 

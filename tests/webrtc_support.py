@@ -20,8 +20,9 @@ import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 

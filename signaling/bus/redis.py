@@ -39,8 +39,9 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
@@ -49,8 +50,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .. import envelope
 from ..directory import Attached, Outcome, Result
 from ..inbox import TRIM_HORIZON, seq_key
-from ..quota import Snapshot
 from ..protocol import room_event
+from ..quota import Snapshot
 from . import redis_scripts as lua
 from . import redis_wire
 from .base import AttachRefused, Bus, BusUnavailable, LeaseLost, Mailbox

@@ -21,7 +21,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -326,7 +327,7 @@ class ClusterLink(RedisLink):
             probe = Pipeline.fixed(endpoint, self.target, timeout=2.0)
             try:
                 slots = await probe.call("CLUSTER", "SLOTS")
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, RedisError, OSError) as exc:
                 errors.append(f"{endpoint.name}: {exc}")
                 continue
             finally:

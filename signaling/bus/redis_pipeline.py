@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Any, Awaitable, Callable, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError

@@ -7,7 +7,6 @@ server it reached is the primary, since a sentinel may not have heard of a failo
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -33,7 +32,7 @@ class SentinelLocator:
             pipeline = Pipeline.fixed(sentinel, self._target, timeout=ASK_TIMEOUT)
             try:
                 reply = await pipeline.call("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, RedisError, OSError) as exc:
                 errors.append(f"{sentinel.name}: {exc}")
                 continue
             finally:

@@ -21,7 +21,8 @@ import collections
 import contextlib
 import logging
 import random
-from typing import Any, Awaitable, Callable, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import hiredis
 from redis.exceptions import RedisError
@@ -175,7 +176,7 @@ class Subscriber:
         protocol.command(self._sub, channel, expect=self._sub, key=channel)
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout=REPLY_TIMEOUT)
-        except (asyncio.TimeoutError, _Lost) as exc:
+        except (TimeoutError, _Lost) as exc:
             raise BusUnavailable(f"subscribe failed: {exc!r}") from exc
 
     async def unsubscribe(self, channel: bytes) -> None:
@@ -315,7 +316,7 @@ class Subscriber:
                 log.warning("pub/sub connection to %s lost: %s", self.name, why)
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncio.TimeoutError, _Lost, RedisError, BusUnavailable) as exc:
+            except (TimeoutError, OSError, _Lost, RedisError, BusUnavailable) as exc:
                 if backoff == 0.05:  # the first failure in a row
                     log.warning("pub/sub connection to %s failed: %r; retrying", self.name, exc)
             except Exception:

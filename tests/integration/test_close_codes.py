@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import aiohttp
-import pytest
 
 from signaling import auth
 from support import SECRET, Client, eventually, join_all

@@ -15,7 +15,8 @@ import asyncio
 import json
 import time
 from collections import Counter
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import pytest

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from cluster_support import make_cert
-from signaling.launcher import find_program, local_values, nginx_test, render_nginx
 from nginx_support import nginx_in_front
+from signaling.launcher import find_program, local_values, nginx_test, render_nginx
 from support import ROOT, free_port
 
 

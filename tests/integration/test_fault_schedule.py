@@ -44,9 +44,24 @@ import contextlib
 import aiohttp
 import pytest
 
-from fault_support import (ACK_TIMEOUT, CLOCK, NODE_ARGS, FaultCluster, FaultInjector, Traffic, Violation, check,
-                           diagnostic, fault_seconds, fault_seed, peers_state, print_flush, readyz, tails_missing,
-                           wait_until)
+from fault_support import (
+    ACK_TIMEOUT,
+    CLOCK,
+    NODE_ARGS,
+    FaultCluster,
+    FaultInjector,
+    Traffic,
+    Violation,
+    check,
+    diagnostic,
+    fault_seconds,
+    fault_seed,
+    peers_state,
+    print_flush,
+    readyz,
+    tails_missing,
+    wait_until,
+)
 
 SECONDS = fault_seconds()
 HARD_MARGIN = 50.0  # start-up, the last faults healing, quiescence and the checks
@@ -67,7 +82,7 @@ async def test_randomized_faults_lose_duplicate_and_reorder_nothing(tmp_path):
         try:
             report, text = await asyncio.wait_for(_scenario(cluster, http, traffic, injector, seed, seconds, logs),
                                                   seconds + HARD_MARGIN)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             report = None
         if report is None:
             pytest.fail(f"fault test seed={seed} overran its {seconds + HARD_MARGIN:.0f}s bound; clients:\n"

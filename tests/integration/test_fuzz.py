@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -15,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import strategies
-
 from signaling import protocol
 from signaling.app import create_app
 from signaling.config import Settings

@@ -17,8 +17,18 @@ import time
 
 import pytest
 
-from partition_support import (GoodApp, HandshakeFailed, Lab, answers, assert_promises, settle, skewed_env, until,
-                               wait_ready_status, wall_clock_offset)
+from partition_support import (
+    GoodApp,
+    HandshakeFailed,
+    Lab,
+    answers,
+    assert_promises,
+    settle,
+    skewed_env,
+    until,
+    wait_ready_status,
+    wall_clock_offset,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 

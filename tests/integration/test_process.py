@@ -90,7 +90,7 @@ async def test_tokens_never_reach_the_logs(processes):
 async def test_serves_wss_directly_with_tls_cert_and_key(processes, tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     import ipaddress
 
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())

@@ -90,7 +90,7 @@ async def test_redis_restart_empty_while_pairs_talk(own_redis, key_prefix, tmp_p
         while True:
             try:
                 msg = await alice.recv(timeout=1)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             if msg["from"] == "carol":
                 carols.append(msg["data"])

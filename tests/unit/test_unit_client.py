@@ -7,8 +7,17 @@ import re
 
 import pytest
 
-from signaling.client import AUTO_ID, RECENT_IDS, Backoff, Deduper, SignalingError, _ufrag, candidate_from_json, \
-    close_action, ice_servers_for_aiortc
+from signaling.client import (
+    AUTO_ID,
+    RECENT_IDS,
+    Backoff,
+    Deduper,
+    SignalingError,
+    _ufrag,
+    candidate_from_json,
+    close_action,
+    ice_servers_for_aiortc,
+)
 from support import ROOT
 
 STATIC = ROOT / "signaling" / "static"

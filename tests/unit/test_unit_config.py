@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import dataclasses
+import json
 
 import pytest
 
-from signaling.config import (ConfigError, Settings, add_arguments, env_name, load, parse_args, redact_url,
-                              reference_table)
+from signaling.config import (
+    ConfigError,
+    Settings,
+    add_arguments,
+    env_name,
+    load,
+    parse_args,
+    redact_url,
+    reference_table,
+)
 
 SECRET = "k" * 32
 

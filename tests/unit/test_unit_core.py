@@ -6,15 +6,14 @@ import json
 
 import orjson
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import strategies
-
-from signaling.core import (Broadcast, Close, JoinRoom, LeaveRoom, Limits, Peer, Reply, Send,
-                            room_allowed)
-from signaling.quota import StrikeMeter, TokenBucket
+from signaling.core import Broadcast, Close, JoinRoom, LeaveRoom, Limits, Peer, Reply, Send, room_allowed
 from signaling.directory import Outcome, Result
 from signaling.protocol import CloseCode
+from signaling.quota import StrikeMeter, TokenBucket
 
 
 def frame(**obj) -> str:

@@ -6,7 +6,8 @@ import asyncio
 
 import orjson
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from signaling.bus.memory import MemoryBus
 from signaling.directory import Delivery, Directory, Outcome

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from signaling.inbox import LUA_EXACT, TRIM_HORIZON, entry_size, RESUME_FUTURE_MS, ZERO, Inbox, format_seq, parse_resume, parse_seq
-
+from signaling.inbox import (
+    LUA_EXACT,
+    RESUME_FUTURE_MS,
+    TRIM_HORIZON,
+    ZERO,
+    Inbox,
+    entry_size,
+    format_seq,
+    parse_resume,
+    parse_seq,
+)
 
 # -- seq strings ---------------------------------------------------------------------
 

@@ -6,10 +6,10 @@ import json
 
 import orjson
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import strategies
-
 from signaling import protocol as p
 from signaling.protocol import ErrorCode, Join, Leave, Ping, ProtocolError, Relay
 
