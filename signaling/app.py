@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from . import bus as buses
 from .auth import AuthError, Verifier, ice_servers
@@ -169,7 +170,7 @@ def _json_error(status: int, error: str, message: str) -> web.Response:
 # awaiting middleware would keep its frame (a few hundred bytes) alive just as long.
 
 @web.middleware
-def forwarded(request: web.Request, handler: Any) -> Awaitable[web.StreamResponse]:
+def forwarded(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
     """Name the client for the access log, trusting proxy headers only from trusted proxies."""
     node = request.app[NODE]
     if node.trusted_proxies:
@@ -177,21 +178,21 @@ def forwarded(request: web.Request, handler: Any) -> Awaitable[web.StreamRespons
                                 request.headers.get("X-Real-IP"), node.trusted_proxies)
         if client:
             request[CLIENT] = client
-    return handler(request)  # type: ignore[no-any-return]
+    return handler(request)
 
 
 @web.middleware
-def json_errors(request: web.Request, handler: Any) -> Awaitable[web.StreamResponse]:
+def json_errors(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
     """HTTP errors answer with a JSON body, like every refusal of this service. (/ws
     answers its refusals itself, so its long-lived handler runs unwrapped.)"""
     if request.path == "/ws" and request.method == "GET":
-        return handler(request)  # type: ignore[no-any-return]
+        return handler(request)
     return _json_errors(request, handler)
 
 
-async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        return await handler(request)  # type: ignore[no-any-return]
+        return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise

@@ -13,7 +13,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from jwt.algorithms import HMACAlgorithm
@@ -21,6 +21,9 @@ from jwt.utils import base64url_encode
 
 from .config import Settings
 from .protocol import is_name
+
+if TYPE_CHECKING:
+    from jwt.types import Options  # typing only: an older pyjwt (>=2.8 runs us) may not have it
 
 
 class AuthError(Exception):
@@ -69,7 +72,7 @@ class Verifier:
         return self.verify(token)
 
     def verify(self, token: str) -> Identity:
-        options = {"require": ["exp", "sub"], "verify_aud": self.audience is not None}
+        options: Options = {"require": ["exp", "sub"], "verify_aud": self.audience is not None}
         try:
             claims = jwt.decode(
                 token, self.key, algorithms=self.algorithms, audience=self.audience,

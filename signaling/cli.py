@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "from nginx/ with the nodes as its upstream; print the endpoint; Ctrl-C or SIGTERM drains the "
                     "nodes and stops everything. Node flags go after `--`; SIGNALING_* variables reach every node.")
     cluster.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
-    cluster.add_argument("--port", type=int, default=8080, help="port nginx listens on (default 8080; 0: any free port)")
+    cluster.add_argument("--port", type=int, default=8080,
+                         help="port nginx listens on (default 8080; 0: any free port)")
     cluster.add_argument("--host", default="127.0.0.1", help="address nginx listens on (default 127.0.0.1)")
     cluster.add_argument("--redis-url", metavar="URL", help="join this Redis instead of starting a redis-server")
     cluster.add_argument("--tls-port", type=int, help="also serve wss:// on this port (needs --tls-cert, --tls-key)")

@@ -80,7 +80,7 @@ class Ack:
     queued: bool = False  # the recipient (or a room member) is reconnecting: it gets it on resume
 
 
-class State(str, enum.Enum):
+class State(str, enum.Enum):  # noqa: UP042 - a StrEnum would print differently (str(), f-strings)
     IDLE = "idle"
     CONNECTING = "connecting"
     OPEN = "open"
@@ -335,7 +335,7 @@ class SignalingClient(_Events):
             if event in ("offer", "answer", "candidate", "bye"):
                 link = self.links.get(payload.get("from", ""))
                 if link is not None:  # made now by an `offer` handler, or before
-                    link._handle(payload)  # noqa: SLF001
+                    link._handle(payload)  # noqa: SLF001 - the client feeds its own links
             elif event in ("frame", "welcome") and isinstance(payload.get("seq"), str):
                 # every delivery ends with its `frame`: processed; a welcome's seq is where the
                 # connection starts (protocol 1.1), the resume point until a delivery is processed
@@ -452,7 +452,7 @@ class SignalingClient(_Events):
                 token = self._token_provider()
                 self._token = await token if inspect.isawaitable(token) else token
                 self._refresh_token = False
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the app's provider may raise anything: an error event
                 self._emit("error", SignalingError("token", f"token provider failed: {exc}"))
                 return ABNORMAL, "no token", False
         params: dict[str, str] = {}
@@ -501,7 +501,7 @@ class SignalingClient(_Events):
             await asyncio.gather(writer, return_exceptions=True)
             if not ws.closed and not self._stopped:
                 # a dead connection is dropped without a close frame, which would end the peer
-                ws._response.close()  # noqa: SLF001
+                ws._response.close()  # noqa: SLF001 - aiohttp has no public way to drop it unclosed
         return code, reason, welcomed
 
     def _refused(self, status: int, message: str) -> tuple[int, str, bool]:
@@ -549,10 +549,10 @@ class SignalingClient(_Events):
             if self._dedupe.fresh(frame):
                 self._deliver(frame)
         elif kind == "ack":
-            self._settle(frame.get("id"), Ack(str(frame.get("id")), frame.get("queued") is True), None)
+            self._settle(frame.get("id"), Ack(str(frame.get("id")), frame.get("queued") is True))
         elif kind == "error":
             error = SignalingError(str(frame.get("code")), str(frame.get("message", "")), frame.get("id"))
-            if not self._settle(frame.get("id"), None, error):
+            if not self._settle(frame.get("id"), error):
                 self._emit("error", error)
         elif kind == "joined":
             room, peers = frame["room"], {p for p in frame.get("peers", ()) if p != self.peer}
@@ -590,16 +590,16 @@ class SignalingClient(_Events):
     def _presence(self, room: str) -> None:
         self._emit("presence", {"room": room, "peers": sorted(self.rooms.get(room, ()))})
 
-    def _settle(self, rid: Any, ack: Ack | None, error: SignalingError | None) -> bool:
+    def _settle(self, rid: Any, answer: Ack | SignalingError) -> bool:
         pending = self._pending.pop(rid, None) if isinstance(rid, str) else None
         if pending is None:
             return False
         pending.timer.cancel()
         if not pending.future.done():
-            if error is not None:
-                pending.future.set_exception(error)
+            if isinstance(answer, SignalingError):
+                pending.future.set_exception(answer)
             else:
-                pending.future.set_result(ack)  # type: ignore[arg-type]
+                pending.future.set_result(answer)
         return True
 
     def _on_welcome(self, frame: Frame) -> None:
@@ -787,7 +787,7 @@ class PeerLink(_Events):
                 await job()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever a job raised goes to its caller and the error event
                 log.warning("link to %s: %r", self.remote, exc)
                 await self._emit("error", exc)
                 if not future.done():
@@ -867,10 +867,10 @@ class PeerLink(_Events):
     async def _process(self, frame: Frame) -> None:
         from aiortc import RTCSessionDescription
 
-        kind = frame["type"]
+        kind: str = frame["type"]
         if kind in ("offer", "answer"):
-            init = frame.get(kind) or {}
-            description = RTCSessionDescription(sdp=init.get("sdp", ""), type=init.get("type", kind))
+            desc_init: dict[str, Any] = frame.get(kind) or {}
+            description = RTCSessionDescription(sdp=desc_init.get("sdp", ""), type=desc_init.get("type", kind))
             pc = await self._ensure()
             if description.type == "answer":
                 if pc.signalingState != "have-local-offer":

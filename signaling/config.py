@@ -48,52 +48,90 @@ class Settings:
     port: int = _opt(8080, "TCP port to listen on.")
     backlog: int = _opt(1024, "Listen backlog; keep it large so a reconnect storm does not overflow it.")
     node_id: str = _opt("", "Name of this node, sent in `welcome.node` (default: hostname plus a random suffix).")
-    tls_cert: str = _opt("", "PEM certificate chain: serve wss:// directly (where no proxy terminates TLS).", metavar="PATH")
+    tls_cert: str = _opt("", "PEM certificate chain: serve wss:// directly (where no proxy terminates TLS).",
+                         metavar="PATH")
     tls_key: str = _opt("", "PEM private key for --tls-cert.", metavar="PATH")
-    trusted_proxies: list = _opt([], "Proxies (addresses or CIDR networks) whose `X-Forwarded-For` / `X-Real-IP` name the client in logs; from anyone else those headers are ignored (repeatable; comma-separated in the environment).", metavar="CIDR")
+    trusted_proxies: list[str] = _opt([], "Proxies (addresses or CIDR networks) whose `X-Forwarded-For` / `X-Real-IP` "
+                                      "name the client in logs; from anyone else those headers are ignored "
+                                      "(repeatable; comma-separated in the environment).", metavar="CIDR")
     # -- cluster ---------------------------------------------------------------------
     redis_url_file: str = _opt("", "File holding --redis-url (it may carry a password).", metavar="PATH")
-    redis_url: str = _opt("", "Bus to join: empty or memory:// for the embedded single-node bus; redis://[user:pass@]host:port[/db] (rediss:// for TLS, options ?ssl_ca_certs=&ssl_certfile=&ssl_keyfile=&ssl_cert_reqs=) for nodes on one Redis; redis+sentinel://host:port[,host:port...]/service[/db] through Sentinel; redis+cluster://host:port[,host:port...] for Redis Cluster (rediss+ forms for TLS).", metavar="URL")
-    redis_replicas: int = _opt(0, "Replicas every write must reach before it is acknowledged (Redis WAIT after each batch): with 1 or more, a Sentinel or Cluster failover cannot lose a message a client was told was delivered or queued. 0: acknowledged once the primary has it.")
-    key_prefix: str = _opt("signaling", "Prefix of every Redis key and channel, so several clusters can share one Redis.")
-    node_ttl: float = _opt(3.0, "Length of a node's lease in Redis: a node that cannot renew it for this many seconds is dead (its peers enter their grace) and closes its own sockets after 80% of it. Keep it above how long a Redis restart or failover takes, or every socket is closed during one.")
+    redis_url: str = _opt("", "Bus to join: empty or memory:// for the embedded single-node bus; "
+                          "redis://[user:pass@]host:port[/db] (rediss:// for TLS, options "
+                          "?ssl_ca_certs=&ssl_certfile=&ssl_keyfile=&ssl_cert_reqs=) for nodes on one Redis; "
+                          "redis+sentinel://host:port[,host:port...]/service[/db] through Sentinel; "
+                          "redis+cluster://host:port[,host:port...] for Redis Cluster (rediss+ forms for TLS).",
+                          metavar="URL")
+    redis_replicas: int = _opt(0, "Replicas every write must reach before it is acknowledged (Redis WAIT after each "
+                               "batch): with 1 or more, a Sentinel or Cluster failover cannot lose a message a client "
+                               "was told was delivered or queued. 0: acknowledged once the primary has it.")
+    key_prefix: str = _opt("signaling", "Prefix of every Redis key and channel, so several clusters can share one "
+                           "Redis.")
+    node_ttl: float = _opt(3.0, "Length of a node's lease in Redis: a node that cannot renew it for this many seconds "
+                           "is dead (its peers enter their grace) and closes its own sockets after 80% of it. Keep it "
+                           "above how long a Redis restart or failover takes, or every socket is closed during one.")
     # -- auth ------------------------------------------------------------------------
-    jwt_secret: str = _opt("", "HS256 shared secret; turns on JWT auth. Prefer the _FILE form or the environment.", secret=True)
+    jwt_secret: str = _opt("", "HS256 shared secret; turns on JWT auth. Prefer the _FILE form or the environment.",
+                           secret=True)
     jwt_secret_file: str = _opt("", "File holding the HS256 secret.", metavar="PATH")
-    jwt_public_key: str = _opt("", "PEM public key file (RSA: RS256, EC P-256: ES256); turns on JWT auth.", metavar="PATH")
-    jwt_audience: str = _opt("", "Required `aud` claim, when set; required with --jwt-public-key (an identity provider's key signs tokens for other services too).")
+    jwt_public_key: str = _opt("", "PEM public key file (RSA: RS256, EC P-256: ES256); turns on JWT auth.",
+                               metavar="PATH")
+    jwt_audience: str = _opt("", "Required `aud` claim, when set; required with --jwt-public-key (an identity "
+                             "provider's key signs tokens for other services too).")
     jwt_issuer: str = _opt("", "Required `iss` claim, when set.")
     jwt_leeway: float = _opt(5.0, "Clock skew allowed on `exp`/`nbf`/`iat`, in seconds.")
-    open: bool = _opt(False, "Run without JWT auth on a non-loopback address (any client may connect as any peer id): for a trusted network only. Without a JWT key a node listens in open mode only on a loopback address unless this is given.")
+    open: bool = _opt(False, "Run without JWT auth on a non-loopback address (any client may connect as any peer id): "
+                      "for a trusted network only. Without a JWT key a node listens in open mode only on a loopback "
+                      "address unless this is given.")
     token_ttl: int = _opt(3600, "Default lifetime of tokens minted by `signaling token`, in seconds.")
     # -- ICE -------------------------------------------------------------------------
-    ice_servers: str = _opt("[]", "JSON list of RTCIceServer objects sent in `welcome.iceServers` as they are.", metavar="JSON")
-    turn_urls: list = _opt([], "TURN server URLs that get per-connection REST credentials (repeatable; comma-separated in the environment).", metavar="URL")
+    ice_servers: str = _opt("[]", "JSON list of RTCIceServer objects sent in `welcome.iceServers` as they are.",
+                            metavar="JSON")
+    turn_urls: list[str] = _opt([], "TURN server URLs that get per-connection REST credentials (repeatable; "
+                                "comma-separated in the environment).", metavar="URL")
     turn_secret: str = _opt("", "TURN REST API shared secret (coturn `static-auth-secret`).", secret=True)
     turn_secret_file: str = _opt("", "File holding the TURN secret.", metavar="PATH")
     turn_ttl: int = _opt(86400, "Lifetime of minted TURN credentials, in seconds.")
     # -- limits ----------------------------------------------------------------------
     max_frame_bytes: int = _opt(65536, "Largest accepted frame; a bigger one closes the connection with 1009.")
-    rate: float = _opt(50.0, "Sustained messages per second per peer id (token bucket refill); kept across its reconnects, on any node. Over it a message gets `rate-limited`.")
+    rate: float = _opt(50.0, "Sustained messages per second per peer id (token bucket refill); kept across its "
+                       "reconnects, on any node. Over it a message gets `rate-limited`.")
     burst: int = _opt(100, "Token bucket size: messages a peer may send at once.")
-    byte_rate: float = _opt(262144.0, "Sustained bytes of frames per second per peer id (a second token bucket, like --rate).")
+    byte_rate: float = _opt(262144.0, "Sustained bytes of frames per second per peer id (a second token bucket, like "
+                            "--rate).")
     byte_burst: int = _opt(1048576, "Bytes of frames a peer may send at once; at least --max-frame-bytes.")
-    abuse_strikes: int = _opt(200, "Rejected frames (invalid or rate-limited) within --abuse-window that close the connection with 1008 (counted per peer id, like --rate).")
+    abuse_strikes: int = _opt(200, "Rejected frames (invalid or rate-limited) within --abuse-window that close the "
+                              "connection with 1008 (counted per peer id, like --rate).")
     abuse_window: float = _opt(10.0, "Window for --abuse-strikes, in seconds.")
     room_limit: int = _opt(50, "Members per room; a join beyond it gets `room-full`.")
     rooms_per_peer: int = _opt(32, "Rooms one peer may be in at once; a join beyond it gets `forbidden`.")
     grace: float = _opt(15.0, "Reconnect grace: seconds a dropped peer keeps its id, rooms and inbox.")
-    inbox_limit: int = _opt(256, "Messages kept per peer for resume; older ones are dropped (the resume then says resumed: false).")
-    inbox_bytes: int = _opt(1048576, "Bytes kept per peer for resume (bodies plus 64 bytes an entry), the same way; at least --max-frame-bytes. A connected peer's inbox also lets go of what its client certainly has (it answered a ping sent after it).")
-    send_buffer: int = _opt(1048576, "Bytes of outgoing frames a connection may leave unread (beyond the kernel's socket buffer); a consumer that falls further behind is closed with 1011 and resumes from its inbox.")
+    inbox_limit: int = _opt(256, "Messages kept per peer for resume; older ones are dropped (the resume then says "
+                            "resumed: false).")
+    inbox_bytes: int = _opt(1048576, "Bytes kept per peer for resume (bodies plus 64 bytes an entry), the same way; at "
+                            "least --max-frame-bytes. A connected peer's inbox also lets go of what its client "
+                            "certainly has (it answered a ping sent after it).")
+    send_buffer: int = _opt(1048576, "Bytes of outgoing frames a connection may leave unread (beyond the kernel's "
+                            "socket buffer); a consumer that falls further behind is closed with 1011 and resumes from "
+                            "its inbox.")
     max_connections: int = _opt(10000, "Connections per node; beyond it the upgrade is refused with HTTP 503.")
-    heartbeat: float = _opt(25.0, "Seconds between server WebSocket pings (sent in `welcome.heartbeat`); no pong within half of it closes the socket.")
-    drain_delay: float = _opt(0.0, "On SIGTERM, answer /readyz with 503 for this many seconds before the first 1001 close, so a load balancer that polls it stops sending new clients first.")
-    drain_window: float = _opt(0.0, "On SIGTERM, spread the 1001 closes over this many seconds (no reconnect thundering herd).")
+    heartbeat: float = _opt(25.0, "Seconds between server WebSocket pings (sent in `welcome.heartbeat`); no pong "
+                            "within half of it closes the socket.")
+    drain_delay: float = _opt(0.0, "On SIGTERM, answer /readyz with 503 for this many seconds before the first 1001 "
+                              "close, so a load balancer that polls it stops sending new clients first.")
+    drain_window: float = _opt(0.0, "On SIGTERM, spread the 1001 closes over this many seconds (no reconnect "
+                               "thundering herd).")
     # -- connections -----------------------------------------------------------------
-    header_timeout: float = _opt(10.0, "Seconds a new connection has, from its accept, to send its whole first request line and headers (a WebSocket handshake's included; a TLS handshake spends from the same time); one still sending is closed, however steadily it trickles bytes (Slowloris).")
-    keepalive_timeout: float = _opt(15.0, "Seconds an HTTP keep-alive connection may sit idle after a response, or take to send its next request line and headers, before it is closed.")
-    connection_headroom: int = _opt(100, "TCP connections a node accepts beyond --max-connections, to serve health probes and /metrics and to answer upgrades with 503; a connection beyond both is closed at once, unread. Every open connection counts: half-sent requests, idle keep-alive ones, WebSockets.")
+    header_timeout: float = _opt(10.0, "Seconds a new connection has, from its accept, to send its whole first request "
+                                 "line and headers (a WebSocket handshake's included; a TLS handshake spends from the "
+                                 "same time); one still sending is closed, however steadily it trickles bytes "
+                                 "(Slowloris).")
+    keepalive_timeout: float = _opt(15.0, "Seconds an HTTP keep-alive connection may sit idle after a response, or "
+                                    "take to send its next request line and headers, before it is closed.")
+    connection_headroom: int = _opt(100, "TCP connections a node accepts beyond --max-connections, to serve health "
+                                    "probes and /metrics and to answer upgrades with 503; a connection beyond both is "
+                                    "closed at once, unread. Every open connection counts: half-sent requests, idle "
+                                    "keep-alive ones, WebSockets.")
     # -- logging ---------------------------------------------------------------------
     log_level: str = _opt("info", "debug, info, warning or error.")
     log_format: str = _opt("text", "text or json.")
@@ -175,9 +213,9 @@ class Settings:
             raise ConfigError("--inbox-bytes must be above --max-frame-bytes (a largest frame must fit)")
         if self.byte_burst < self.max_frame_bytes:
             raise ConfigError("--byte-burst must be at least --max-frame-bytes (a largest frame must pass)")
-        for name in ("max_frame_bytes", "burst", "byte_rate", "byte_burst", "abuse_strikes", "room_limit", "rooms_per_peer",
-                     "inbox_limit", "inbox_bytes", "send_buffer", "max_connections", "turn_ttl", "backlog", "token_ttl",
-                     "rate", "abuse_window", "grace", "heartbeat", "node_ttl"):
+        for name in ("max_frame_bytes", "burst", "byte_rate", "byte_burst", "abuse_strikes", "room_limit",
+                     "rooms_per_peer", "inbox_limit", "inbox_bytes", "send_buffer", "max_connections", "turn_ttl",
+                     "backlog", "token_ttl", "rate", "abuse_window", "grace", "heartbeat", "node_ttl"):
             if not getattr(self, name) > 0:  # written so that NaN fails too
                 raise ConfigError(f"--{_flag(name)} must be positive")
         for name in ("drain_delay", "drain_window", "jwt_leeway"):
@@ -244,7 +282,7 @@ def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
-def _convert(f: dataclasses.Field, raw: Any) -> Any:
+def _convert(f: dataclasses.Field[Any], raw: Any) -> Any:
     kind = type(f.default) if f.default is not dataclasses.MISSING else list
     if kind is list:
         if isinstance(raw, str):

@@ -85,14 +85,14 @@ class _Connection(asyncio.Protocol):
         self.deadline: asyncio.TimerHandle | None = None  # `header_timeout` after the accept
         self._transport: asyncio.BaseTransport | None = None  # once made (after TLS)
         self._counted = True  # in `connections.open`
-        self.data_received = handler.data_received  # type: ignore[method-assign]
-        self.eof_received = handler.eof_received  # type: ignore[method-assign]
-        self.pause_writing = handler.pause_writing  # type: ignore[method-assign]
-        self.resume_writing = handler.resume_writing  # type: ignore[method-assign]
+        self.data_received = handler.data_received  # type: ignore[method-assign]  # the handler's: no call of ours
+        self.eof_received = handler.eof_received  # type: ignore[method-assign]  # the handler's: no call of ours
+        self.pause_writing = handler.pause_writing  # type: ignore[method-assign]  # the handler's: no call of ours
+        self.resume_writing = handler.resume_writing  # type: ignore[method-assign]  # the handler's: no call of ours
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._counted:  # its TLS handshake took the whole deadline: too late
-            transport.abort()  # type: ignore[attr-defined]
+            transport.abort()  # type: ignore[attr-defined]  # a TCP server's transports have abort()
             return
         self._transport = transport
         self.handler.connection_made(transport)
@@ -116,11 +116,11 @@ class _Connection(asyncio.Protocol):
             self._connections.open -= 1
         # aiohttp counts a request the moment its head is parsed (in data_received, which
         # runs before a timer that falls due in the same turn of the loop)
-        elif self.handler._request_count == 0:  # noqa: SLF001
+        elif self.handler._request_count == 0:  # noqa: SLF001 - aiohttp has no public count
             self.handler.force_close()  # as aiohttp closes an idle keep-alive connection
         else:
             return
-        self._connections._closed("header-timeout")
+        self._connections._closed("header-timeout")  # noqa: SLF001 - its owner, in this module
 
 
 class _Refused(asyncio.Protocol):
@@ -129,4 +129,4 @@ class _Refused(asyncio.Protocol):
     __slots__ = ()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.abort()  # type: ignore[attr-defined]
+        transport.abort()  # type: ignore[attr-defined]  # a TCP server's transports have abort()

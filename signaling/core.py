@@ -9,7 +9,7 @@ answer back through `Peer.settle(effect, result)`, which returns the receipt.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from . import protocol as p
@@ -95,7 +95,7 @@ class Peer:
         self.quota = quota if quota is not None else Quota(limits, now)
         self.kind = ""  # type of the last frame received ("invalid" when it had none): for metrics
 
-    def receive(self, frame: str | bytes, now: float, *, binary: bool = False) -> list[Effect]:
+    def receive(self, frame: str | bytes, now: float, *, binary: bool = False) -> Sequence[Effect]:
         """One client frame -> effects. Never raises on bad input."""
         self.kind = "invalid"
         if not self.quota.take(len(frame), now):
@@ -125,7 +125,7 @@ class Peer:
             return [self._error(ErrorCode.NOT_IN_ROOM, f"not in room {msg.room!r}", msg.id)]
         return [LeaveRoom(msg.room, msg.id)]
 
-    def settle(self, work: BusWork, result: Result) -> list[Effect]:
+    def settle(self, work: BusWork, result: Result) -> list[Reply]:
         """The bus's answer to `work` -> the replies this client gets."""
         outcome = result.outcome
         if outcome is Outcome.DELIVERED and work.id is None:
@@ -133,10 +133,10 @@ class Peer:
         if isinstance(work, (Send, Broadcast)):
             if outcome in (Outcome.DELIVERED, Outcome.QUEUED):
                 return [Reply(p.ack(work.id, outcome is Outcome.QUEUED), "ack")] if work.id is not None else []
-            if outcome is Outcome.NO_PEER:
-                return [self._error(ErrorCode.PEER_UNAVAILABLE, f"peer {work.to!r} is not connected", work.id)]  # type: ignore[union-attr]
-            self.rooms = self.rooms - {work.room}  # type: ignore[union-attr]
-            return [self._error(ErrorCode.NOT_IN_ROOM, f"not in room {work.room!r}", work.id)]  # type: ignore[union-attr]
+            if isinstance(work, Send):  # NO_PEER, a send's one other answer
+                return [self._error(ErrorCode.PEER_UNAVAILABLE, f"peer {work.to!r} is not connected", work.id)]
+            self.rooms = self.rooms - {work.room}  # NOT_IN_ROOM, a broadcast's one other answer
+            return [self._error(ErrorCode.NOT_IN_ROOM, f"not in room {work.room!r}", work.id)]
         if isinstance(work, JoinRoom):
             if outcome is Outcome.OK:
                 self.rooms = self.rooms | {work.room}
@@ -150,7 +150,7 @@ class Peer:
             return self._with_ack([Reply(p.left(work.room), "left")], work.id)
         return [self._error(ErrorCode.NOT_IN_ROOM, f"not in room {work.room!r}", work.id)]
 
-    def unavailable(self, work: BusWork) -> list[Effect]:
+    def unavailable(self, work: BusWork) -> list[Reply]:
         return [self._error(ErrorCode.UNAVAILABLE, "the cluster cannot route right now; retry later", work.id)]
 
     # ------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ class Peer:
         return out
 
     @staticmethod
-    def _with_ack(replies: list[Effect], id: ReceiptId) -> list[Effect]:
+    def _with_ack(replies: list[Reply], id: ReceiptId) -> list[Reply]:
         if id is not None:
             replies.append(Reply(p.ack(id), "ack"))
         return replies

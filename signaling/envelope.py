@@ -41,7 +41,8 @@ def pack(env: Envelope) -> bytes:
         out.update({"q": env.body, "t": env.sent_ms})
     elif env.successor:
         out["n"] = env.successor
-    return msgpack.packb(out, use_bin_type=False)
+    packed: bytes = msgpack.packb(out, use_bin_type=False)
+    return packed
 
 
 def unpack(raw: bytes) -> Envelope:

@@ -7,6 +7,7 @@ kind of opaque, increasing string. Compare them with `parse_seq`, never as strin
 
 from __future__ import annotations
 
+import builtins
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -101,7 +102,7 @@ class Inbox:
     trimmed: Seq = ZERO  # highest seq dropped by a bound
     bytes: int = 0  # entry_size of the entries held
 
-    def append(self, body: bytes, now: float) -> tuple[Seq, list[Entry]]:
+    def append(self, body: builtins.bytes, now: float) -> tuple[Seq, list[Entry]]:  # (`bytes` here is the field)
         """Store a delivery; return its seq and the oldest entries the bounds pushed out
         (never the new one)."""
         seq = next_seq(self.last, now)

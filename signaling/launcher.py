@@ -124,7 +124,8 @@ def find_program(name: str) -> str:
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 try:
@@ -151,7 +152,7 @@ def _spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None)
 
 async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
     deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
+    while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110 - a Popen has nothing to await
         await asyncio.sleep(0.02)
     return proc.poll()
 
@@ -454,7 +455,7 @@ class LocalCluster:
             out["nginx"] = self.nginx.proc.pid
         if self.redis is not None and self.redis.proc is not None and self.redis.proc.poll() is None:
             out["redis"] = self.redis.proc.pid
-        return out  # type: ignore[return-value]
+        return out
 
     # -- scaling ---------------------------------------------------------------------
     async def add_node(self, timeout: float = 20.0) -> LocalNode:

@@ -32,9 +32,11 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.connections = Gauge("signaling_connections", "Open WebSocket connections on this node.", registry=r)
-        self.peers = Gauge("signaling_peers", "Peers connected to this node (as the bus routes to them).", registry=r)
+        self.peers = Gauge("signaling_peers", "Peers connected to this node (as the bus routes to them).",
+                           registry=r)
         self.connects = Counter("signaling_connects", "Accepted WebSocket connections.", ["resumed"], registry=r)
-        self.rejected = Counter("signaling_connections_rejected", "Connections refused before the upgrade.", ["reason"], registry=r)
+        self.rejected = Counter("signaling_connections_rejected", "Connections refused before the upgrade.", ["reason"],
+                                registry=r)
         self.closes = Counter("signaling_closes", "Connections ended, by close code.", ["code"], registry=r)
         # bumped for every message: plain tallies read at scrape time (a prometheus_client
         # Counter takes a lock per increment, a third of a microsecond)
@@ -45,9 +47,11 @@ class Metrics:
             "signaling_bus_publish_latency_seconds", "Cross-node publish to delivery latency.", r,
             (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
-        self.bus_reconnects = Counter("signaling_bus_reconnects", "Times the bus reconnected to its backend.", registry=r)
+        self.bus_reconnects = Counter("signaling_bus_reconnects", "Times the bus reconnected to its backend.",
+                                      registry=r)
         self.queued = Counter("signaling_inbox_queued", "Messages queued for a reconnecting peer.", registry=r)
-        self.expired = Gauge("signaling_inbox_expired", "Queued messages dropped before their peer came back (grace or bound).", registry=r)
+        self.expired = Gauge("signaling_inbox_expired",
+                             "Queued messages dropped before their peer came back (grace or bound).", registry=r)
         self.replayed = Counter("signaling_inbox_replayed", "Inbox messages replayed on reconnect.", registry=r)
         self.slow_consumers = Counter("signaling_slow_consumers", "Connections closed for falling behind.", registry=r)
         self.heartbeat_timeouts = Counter("signaling_heartbeat_timeouts",
@@ -102,7 +106,7 @@ class LatencyHistogram(Collector):
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         buckets, total = [], 0
-        for bound, count in zip((*map(repr, self.bounds), "+Inf"), self.counts):
+        for bound, count in zip((*map(repr, self.bounds), "+Inf"), self.counts, strict=True):
             total += count
             buckets.append((bound, total))
         yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=self.sum)

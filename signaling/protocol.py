@@ -11,8 +11,9 @@ from __future__ import annotations
 import enum
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -20,7 +21,7 @@ PEER_ID = re.compile(r"[A-Za-z0-9._\-:@]{1,64}")
 MAX_ID_LENGTH = 128  # a receipt id is echoed back; keep it small
 
 
-class ErrorCode(str, enum.Enum):
+class ErrorCode(str, enum.Enum):  # noqa: UP042 - a StrEnum would print differently (str(), f-strings)
     BAD_JSON = "bad-json"
     BAD_MESSAGE = "bad-message"
     UNKNOWN_TYPE = "unknown-type"
@@ -98,7 +99,7 @@ class Ping:
 ClientMessage = Relay | Join | Leave | Ping
 
 
-def is_name(value: Any) -> bool:
+def is_name(value: Any) -> TypeGuard[str]:
     """A valid peer id or room name: 1-64 of `A-Z a-z 0-9 . _ - : @`."""
     return isinstance(value, str) and PEER_ID.fullmatch(value) is not None
 
@@ -118,7 +119,8 @@ def loads(frame: str | bytes) -> Any:
 
 
 def _utf8(frame: str | bytes) -> bytes:
-    return frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame  # orjson refuses what this lets through
+    # orjson refuses what this lets through
+    return frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
 
 
 def _exact(raw: bytes, obj: Any) -> Any:
@@ -178,7 +180,8 @@ def parse(frame: str | bytes) -> ClientMessage:
     if obj.get("id") is not None:  # `"id": null` means no receipt
         rid = receipt_id(obj)
         if rid is None:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"`id` must be a string (at most {MAX_ID_LENGTH} characters) or an integer")
+            raise ProtocolError(ErrorCode.BAD_MESSAGE,
+                                f"`id` must be a string (at most {MAX_ID_LENGTH} characters) or an integer")
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "`type` must be a string", rid)
@@ -210,7 +213,8 @@ def _parse_relay(kind: str, obj: dict[str, Any], rid: ReceiptId, raw: bytes | No
         if room is not None:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "give exactly one of `to` and `room`", rid)
         if not is_name(to):
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "`to` must be a peer id: 1-64 characters of A-Z a-z 0-9 . _ - : @", rid)
+            raise ProtocolError(ErrorCode.BAD_MESSAGE,
+                                "`to` must be a peer id: 1-64 characters of A-Z a-z 0-9 . _ - : @", rid)
     elif room is None:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "give exactly one of `to` and `room`", rid)
     elif not is_name(room):
@@ -307,7 +311,7 @@ def welcome(peer: str, node: str, ice_servers: list[dict[str, Any]], heartbeat: 
     })
 
 
-def joined(room: str, peers: list[str]) -> bytes:
+def joined(room: str, peers: Sequence[str]) -> bytes:
     return dumps({"type": "joined", "room": room, "peers": peers})
 
 

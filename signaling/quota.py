@@ -10,6 +10,7 @@ node reports what it had left (`Quota.restrict`), minus what the new one spent s
 
 from __future__ import annotations
 
+import builtins
 from collections import deque
 from dataclasses import dataclass
 
@@ -42,7 +43,7 @@ class Snapshot:
         return f"{self.messages:.3f} {self.bytes:.0f} {self.strikes}"
 
     @classmethod
-    def unpack(cls, text: str | bytes | None) -> Snapshot | None:
+    def unpack(cls, text: str | builtins.bytes | None) -> Snapshot | None:  # (`bytes` here is the field)
         try:
             m, b, s = (text.decode() if isinstance(text, bytes) else text or "").split()
             return cls(float(m), float(b), int(s))
@@ -150,7 +151,8 @@ class Quota:
     def spent(self) -> tuple[float, float]:
         return self.spent_messages, self.spent_bytes
 
-    def restrict(self, snapshot: Snapshot, age: float, now: float, spent_since: tuple[float, float] = (0.0, 0.0)) -> None:
+    def restrict(self, snapshot: Snapshot, age: float, now: float,
+                 spent_since: tuple[float, float] = (0.0, 0.0)) -> None:
         """Never more than `snapshot` allows, taken `age` seconds ago and refilled since,
         minus what was spent here since then (`spent_since`, from `spent()` differences)."""
         age = max(0.0, age)

@@ -34,7 +34,8 @@ class ProxyAwareAccessLogger(AccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_taken: float) -> None:
         client = request.get(CLIENT)
-        super().log(_AsSeen(request, client) if client else request, response, time_taken)  # type: ignore[arg-type]
+        seen = _AsSeen(request, client) if client else request
+        super().log(seen, response, time_taken)  # type: ignore[arg-type]  # _AsSeen passes for the request
 
 
 GC_THRESHOLDS = (10_000, 10, 10)
@@ -55,9 +56,9 @@ def skip_redundant_nodelay() -> None:
     """aiohttp sets TCP_NODELAY on every connection it accepts: a getsockname and a
     setsockopt syscall, 3.5 % of a connection's CPU in a connect storm. asyncio's and
     uvloop's TCP transports have set it already (tests/unit/test_unit_server.py checks)."""
-    import aiohttp.base_protocol
+    import aiohttp.base_protocol as proto
 
-    aiohttp.base_protocol.tcp_nodelay = lambda transport, value: None  # type: ignore[assignment]
+    proto.tcp_nodelay = lambda transport, value: None  # type: ignore[attr-defined]  # not exported; patched where called
 
 
 def run(settings: Settings) -> None:

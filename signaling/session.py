@@ -23,7 +23,7 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
@@ -95,7 +95,7 @@ class Session:
         self._written: str | None = None  # last seq written to the socket
         self._send_buffer = s.send_buffer
         self._transport: asyncio.Transport | None = None  # the socket, once the upgrade is done
-        self._closing: CloseCode | None = None
+        self._closing: CloseCode | int | None = None  # an int: aiohttp's own close, with a code we do not name
         self._stopped = False  # the close frame is next: nothing more is written
         self._handling = False  # a client frame is being handled
         self._handled: asyncio.Future[None] | None = None  # made only when a close waits for that frame
@@ -280,41 +280,40 @@ class Session:
         log.debug("closed %s code=%s final=%s", self.peer, code, final, extra={"peer": self.peer})
 
     # -- handling a frame ------------------------------------------------------------
-    async def _perform(self, effects: list[core.Effect]) -> None:
+    async def _perform(self, effects: Sequence[core.Effect]) -> None:
         for effect in effects:
-            kind = type(effect)
-            if kind is core.Reply:
-                self._reply(effect)  # type: ignore[arg-type]
-            elif kind is core.Close:
-                self.close(effect.code, effect.reason)  # type: ignore[union-attr]
+            if isinstance(effect, core.Reply):
+                self._reply(effect)
+            elif isinstance(effect, core.Close):
+                self.close(effect.code, effect.reason)
             else:
                 try:
-                    result = await self._bus_call(effect)  # type: ignore[arg-type]
+                    result = await self._bus_call(effect)
                 except LeaseLost:
                     continue  # its outcome is unknown, and the connection is closing: no answer
                 except BusUnavailable:
-                    replies = self.core.unavailable(effect)  # type: ignore[arg-type]
+                    replies = self.core.unavailable(effect)
                 else:
                     if result.outcome is Outcome.REPLACED:
                         self.replaced()  # a newer connection owns the peer: this one says nothing more
                         continue
                     if result.outcome is Outcome.QUEUED:
                         self.node.metrics.queued.inc()
-                    replies = self.core.settle(effect, result)  # type: ignore[arg-type]
+                    replies = self.core.settle(effect, result)
                 if not self.node.bus.serving:
                     continue  # the node may not act for the peer any more: the connection is closing
                 for reply in replies:
-                    self._reply(reply)  # type: ignore[arg-type]
+                    self._reply(reply)
 
     def _bus_call(self, work: core.BusWork) -> Awaitable[Result]:
         """The bus's coroutine for `work` (returned, not awaited here: no coroutine of
         this method's own per message)."""
-        bus, kind = self.node.bus, type(work)
-        if kind is core.Send:
-            return bus.send(work.to, work.body, origin=(self.peer, self.epoch))  # type: ignore[union-attr]
-        if kind is core.Broadcast:
-            return bus.broadcast(self.peer, work.room, work.body, epoch=self.epoch)  # type: ignore[union-attr]
-        if kind is core.JoinRoom:
+        bus = self.node.bus
+        if isinstance(work, core.Send):
+            return bus.send(work.to, work.body, origin=(self.peer, self.epoch))
+        if isinstance(work, core.Broadcast):
+            return bus.broadcast(self.peer, work.room, work.body, epoch=self.epoch)
+        if isinstance(work, core.JoinRoom):
             s = self.node.settings
             return bus.join(self.peer, work.room, room_limit=s.room_limit, rooms_per_peer=s.rooms_per_peer,
                             epoch=self.epoch)
@@ -344,15 +343,17 @@ class Session:
         pong, echoing the last seq written, lets the inbox go up to there."""
         if not self.started or self._closing is not None:
             return
-        confirm = self._written is not None and self._written != self._trimmed_to and self._ping_seq is None
+        written = self._written
+        # the seq a ping should confirm: the last one written, unless trimmed to or being confirmed
+        confirm = None if written is None or written == self._trimmed_to or self._ping_seq is not None else written
         if self.heard:
             self.heard = self.pinged = False
-            if confirm and self._write_frame(control_frame(0x89, self._written.encode())):  # type: ignore[union-attr]
-                self._ping_seq = self._written
+            if confirm is not None and self._write_frame(control_frame(0x89, confirm.encode())):
+                self._ping_seq = confirm
         elif not self.pinged:
-            if confirm:
-                self.pinged = self._write_frame(control_frame(0x89, self._written.encode()))  # type: ignore[union-attr]
-                self._ping_seq = self._written if self.pinged else None
+            if confirm is not None:
+                self.pinged = self._write_frame(control_frame(0x89, confirm.encode()))
+                self._ping_seq = confirm if self.pinged else None
             else:
                 self.pinged = self._write_frame(PING_FRAME)
         else:

@@ -263,7 +263,7 @@ class StreamReport:
 
     def longest_gap(self) -> float:
         times = [d.at for d in self.delivered]
-        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
     def worst_latency(self, sent_at: dict[int, float]) -> float:
         first: dict[int, float] = {}

@@ -7,12 +7,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import uuid  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import pytest  # noqa: E402
+import pytest
 
-from support import RedisServer  # noqa: E402
+from support import RedisServer
+
+if TYPE_CHECKING:  # the fixtures import these when first used
+    from redis_topologies import AclRedis, PrivateCA, SecureRedisCluster, SentinelTopology, TlsRedisServer
+    from support import RedisClusterServers
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +69,7 @@ async def cluster(redis_server, key_prefix, tmp_path):
 
     async def start(n: int, *args: str) -> list[NodeProcess]:
         nodes = []
-        for i in range(n):
+        for _ in range(n):
             node = NodeProcess("--redis-url", redis_server.url, "--key-prefix", key_prefix,
                                "--node-id", f"node-{len(started) + 1}", *args).start(tmp_path)
             started.append(node)

@@ -99,7 +99,7 @@ CLOCK = Clock()  # reset by the test when it starts
 def _transport(ws: aiohttp.ClientWebSocketResponse | None) -> asyncio.Transport | None:
     if ws is None:
         return None
-    conn = getattr(ws, "_conn", None) or ws._response.connection  # noqa: SLF001
+    conn = getattr(ws, "_conn", None) or ws._response.connection
     return conn.transport if conn is not None else None
 
 
@@ -870,7 +870,7 @@ class FaultInjector:
 
 async def readyz(cluster: FaultCluster, http: aiohttp.ClientSession) -> dict[str, int | None]:
     codes = await asyncio.gather(*(http_status(http, f"{n.base}/readyz") for n in cluster.nodes))
-    return {n.node_id: code for n, code in zip(cluster.nodes, codes)}
+    return {n.node_id: code for n, code in zip(cluster.nodes, codes, strict=True)}
 
 
 async def wait_until(what: str, predicate: Callable[[], Awaitable[bool] | bool], timeout: float,
@@ -1051,7 +1051,7 @@ def check(traffic: Traffic, injector: FaultInjector, seed: int, seconds: float,
                         + "; ".join(f"seq {r.seq} {CLOCK.stamp(r.at)} conn {r.conn}" for r in copies)
                         + (f" [{sent.describe()}]" if sent else ""))
                     rep.first_at.setdefault("duplicated", copies[1].at)
-            for prev, cur in zip(view, view[1:]):
+            for prev, cur in itertools.pairwise(view):
                 if cur.n < prev.n:  # (the same number again is a duplicate, reported as such)
                     a, b = by_n.get(prev.n), by_n.get(cur.n)
                     rep.out_of_order.append(
@@ -1138,12 +1138,12 @@ def log_excerpt(paths: dict[str, Path], around: float, before: float = 1.5, afte
             if lo <= wall <= hi:
                 key = (name, line[m.end():])
                 if key in found:
-                    found[key][2] += 1  # type: ignore[operator]
+                    found[key][2] += 1  # type: ignore[operator]  # [wall, line, count]: the count
                 else:
                     found[key] = [wall, f"    {name}: {line[:300]}", 1]
-    nearest = sorted(found.values(), key=lambda x: abs(float(x[0]) - at))[:limit]  # type: ignore[arg-type]
+    nearest = sorted(found.values(), key=lambda x: abs(float(x[0]) - at))[:limit]
     shown = [f"{line}  (x{count} in this window)" if count > 1 else str(line)
-             for _, line, count in sorted(nearest, key=lambda x: float(x[0]))]  # type: ignore[arg-type]
+             for _, line, count in sorted(nearest, key=lambda x: float(x[0]))]
     if len(found) > limit:
         shown.append(f"    ... {len(found) - limit} more distinct lines in [{CLOCK.stamp(around - before)}, "
                      f"{CLOCK.stamp(around + after)}]")

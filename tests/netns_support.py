@@ -148,7 +148,7 @@ class NetNamespace:
     def run(self, *argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
         """Run a command inside the namespace."""
         return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True,
-                              **kwargs)  # type: ignore[call-overload]
+                              **kwargs)  # type: ignore[call-overload]  # the caller's subprocess.run keywords
 
     def popen_args(self, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", self.name, *argv]

@@ -9,6 +9,7 @@ into the cluster's promises, and `Lab` starts and stops (by PID) everything a te
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -68,7 +69,7 @@ class Conn:
 
     def abort(self) -> None:
         """Vanish without a close frame, as an app that gives up on a dead link does."""
-        conn = self.ws._response.connection  # noqa: SLF001
+        conn = self.ws._response.connection
         if conn is not None and conn.transport is not None:
             conn.transport.abort()
 
@@ -150,8 +151,8 @@ class GoodApp:
             if welcome.get("type") != "welcome":
                 raise HandshakeFailed(f"{node}: first frame was not a welcome: {welcome}")
         except (TimeoutError, aiohttp.ClientError, OSError, HandshakeFailed) as exc:
-            if ws is not None and ws._response.connection is not None:  # noqa: SLF001
-                ws._response.connection.transport.abort()  # noqa: SLF001
+            if ws is not None and ws._response.connection is not None:
+                ws._response.connection.transport.abort()
             await http.close()
             if isinstance(exc, HandshakeFailed):
                 raise
@@ -357,7 +358,7 @@ def violations(sender: GoodApp, recipient: GoodApp, stream: str) -> list[str]:
         seqs = {n: [d.seq for d in got if d.n == n] for n in dupes}
         out.append(f"{recipient.peer} processed {stream} messages {dupes} from {sender.peer} more than once "
                    f"(seqs {seqs})")
-    late = [(a, b) for a, b in zip(got_ns, got_ns[1:]) if b < a]
+    late = [(a, b) for a, b in itertools.pairwise(got_ns) if b < a]
     if late:
         out.append(f"{recipient.peer} processed {stream} from {sender.peer} out of order: {numbers_text(got_ns)} "
                    f"(e.g. #{late[0][1]} after #{late[0][0]})")

@@ -6,7 +6,8 @@ missing program (redis-server, redis-cli) fails, never skips.
 
 URL forms (credentials and query values percent-encoded):
   rediss://user:pass@127.0.0.1:P/0?ssl_ca_certs=<ca>&ssl_certfile=<crt>&ssl_keyfile=<key>&ssl_cert_reqs=required
-  redis+sentinel://[user:pass@]127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/mymaster/0  (rediss+sentinel://...?ssl_... with TLS)
+  redis+sentinel://[user:pass@]127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/mymaster/0
+      (rediss+sentinel://...?ssl_... with TLS)
   redis+cluster://user:pass@127.0.0.1:P1,...  or  rediss+cluster://user:pass@127.0.0.1:P1,...?ssl_ca_certs=...
 """
 
@@ -130,7 +131,8 @@ class PrivateCA:
               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                            content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                           key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+                                           key_agreement=False, encipher_only=False, decipher_only=False),
+                             critical=True)
               .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
               .sign(ca_key, hashes.SHA256()))
         self.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
@@ -480,10 +482,10 @@ class SentinelServer(RedisProcess):
     def master(self) -> dict[str, str]:
         """SENTINEL MASTER mymaster as a dict."""
         reply = self.call("SENTINEL", "MASTER", MASTER_NAME)
-        return dict(zip(reply[::2], reply[1::2]))
+        return dict(zip(reply[::2], reply[1::2], strict=True))
 
     def replicas(self) -> list[dict[str, str]]:
-        return [dict(zip(r[::2], r[1::2])) for r in self.call("SENTINEL", "REPLICAS", MASTER_NAME)]
+        return [dict(zip(r[::2], r[1::2], strict=True)) for r in self.call("SENTINEL", "REPLICAS", MASTER_NAME)]
 
     def primary_port(self) -> int:
         host, port = self.call("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
@@ -585,12 +587,12 @@ class SentinelTopology(NodeUsers):
                 views.append(f"sentinel {s.port}: primary {m.get('port')} flags={m.get('flags')} "
                              f"replicas={m.get('num-slaves')} other-sentinels={m.get('num-other-sentinels')} "
                              f"failover-state={m.get('failover-state')}")
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - a diagnostic shows what it could not read
                 views.append(f"sentinel {s.port}: {exc!r}")
         for d in self.data:
             try:
                 views.append(f"data {d.port}: {d.role() if d.alive() else 'down'}")
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - the same
                 views.append(f"data {d.port}: {exc!r}")
         return "\n".join(views + [p.log_tail(15) for p in [*self.data, *self.sentinels]])
 
@@ -706,7 +708,7 @@ class SecureRedisCluster(NodeUsers, RedisClusterServers):
         self.username, self.password, self.ca = username, password or new_password(), tls
         self.admin = (username, self.password)
         self.tls_auth_clients = tls_auth_clients
-        self.servers: list[SecureRedisServer] = []  # type: ignore[assignment]
+        self.servers: list[SecureRedisServer] = []  # type: ignore[assignment]  # SecureRedisServer plays RedisServer's part
 
     def data_nodes(self) -> list[SecureRedisServer]:
         return self.servers
@@ -720,7 +722,7 @@ class SecureRedisCluster(NodeUsers, RedisClusterServers):
         return f"{base}?{self.ca.url_query(client_cert)}" if self.ca else base
 
     @property
-    def url(self) -> str:  # type: ignore[override]
+    def url(self) -> str:
         return self._url(self.username, self.password)
 
     def url_for(self, prefix: str, client_cert: bool = True, extra_rules: Sequence[str] = ()) -> str:
@@ -731,7 +733,7 @@ class SecureRedisCluster(NodeUsers, RedisClusterServers):
         kwargs: dict[str, Any] = {"username": self.username, "password": self.password}
         return {**kwargs, **(self.ca.client_kwargs(client_cert) if self.ca else {})}
 
-    def start(self) -> SecureRedisCluster:  # type: ignore[override]
+    def start(self) -> SecureRedisCluster:
         try:
             for _ in range(self.primaries * (1 + self.replicas)):
                 port = _cluster_port()
@@ -813,7 +815,7 @@ class SecureRedisCluster(NodeUsers, RedisClusterServers):
         primary_id = next(n["id"] for n in nodes if n["port"] == primary_port)
         return next(n["port"] for n in nodes if n["master"] == primary_id and "fail" not in n["flags"])
 
-    def primary_of(self, key: str) -> SecureRedisServer:  # type: ignore[override]
+    def primary_of(self, key: str) -> SecureRedisServer:  # type: ignore[override]  # SecureRedisServer plays RedisServer's part
         slot = key_slot(key.encode())
         for node in self.nodes():
             if "master" not in node["flags"] or "fail" in node["flags"]:

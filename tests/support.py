@@ -72,7 +72,8 @@ class Client:
     async def recv(self, timeout: float = 3.0) -> dict[str, Any]:
         msg = await self.ws.receive(timeout=timeout)
         if msg.type != aiohttp.WSMsgType.TEXT:
-            raise AssertionError(f"expected a text frame, got {msg.type} {msg.data!r} (close code {self.ws.close_code})")
+            raise AssertionError(f"expected a text frame, got {msg.type} {msg.data!r} "
+                                 f"(close code {self.ws.close_code})")
         obj = json.loads(msg.data)
         if "seq" in obj:
             self.last_seq = obj["seq"]
@@ -108,7 +109,7 @@ class Client:
 
     async def drop(self) -> None:
         """Vanish without a close frame, as on network loss."""
-        transport = self.ws._response.connection.transport if self.ws._response.connection else None  # noqa: SLF001
+        transport = self.ws._response.connection.transport if self.ws._response.connection else None
         if transport is not None:
             transport.abort()
         await self.http.close()
@@ -266,13 +267,14 @@ class RedisClusterServers:
     def start(self) -> RedisClusterServers:
         import shutil
 
-        for i in range(self.primaries * (1 + self.replicas)):
+        for _ in range(self.primaries * (1 + self.replicas)):
             port = _free_cluster_port()
             workdir = self.directory / f"redis-{port}"
             workdir.mkdir(parents=True, exist_ok=True)
             self.servers.append(RedisServer(port, "--cluster-enabled", "yes", "--cluster-config-file",
                                             str(workdir / "nodes.conf"), "--dir", str(workdir),
-                                            "--cluster-node-timeout", "1000", "--repl-diskless-sync-delay", "0").start())
+                                            "--cluster-node-timeout", "1000",
+                                            "--repl-diskless-sync-delay", "0").start())
         cli = shutil.which("redis-cli")
         assert cli, "redis-cli is not installed (package redis-tools)"
         subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{s.port}" for s in self.servers],

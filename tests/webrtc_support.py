@@ -32,7 +32,7 @@ from support import ROOT, NodeProcess
 try:
     from signaling.launcher import LocalCluster
 except ImportError:  # the launcher is another milestone's; without it the nodes face the namespace
-    LocalCluster = None  # type: ignore[assignment,misc]
+    LocalCluster = None
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

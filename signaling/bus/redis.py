@@ -39,9 +39,9 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
@@ -60,6 +60,7 @@ from .redis_pipeline import CommandNotSent
 from .redis_url import parse
 
 log = logging.getLogger("signaling.bus.redis")
+T = TypeVar("T")  # what an attempt of _until_known returns
 PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 NODE_ID = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
 
@@ -221,7 +222,7 @@ class RedisBus(Bus):
         self._tasks = [asyncio.create_task(self._heartbeat_forever(), name="bus-heartbeat"),
                        asyncio.create_task(self._sweep_forever(), name="bus-sweeper")]
         deadline = time.monotonic() + 5
-        while not self.ready and time.monotonic() < deadline:
+        while not self.ready and time.monotonic() < deadline:  # noqa: ASYNC110 - `ready` is 3 flags, no event
             await asyncio.sleep(0.02)
 
     def _on_unsettled(self) -> None:
@@ -547,7 +548,7 @@ class RedisBus(Bus):
             raise BusUnavailable("Redis may have been reset; nodes are registering their peers again")
         return Result((Outcome.NO_PEER, Outcome.DELIVERED, Outcome.QUEUED)[kind])
 
-    async def _until_known(self, attempt: Any, *, retry: bool = False) -> Any:
+    async def _until_known(self, attempt: Callable[[bool], Awaitable[T]], *, retry: bool = False) -> T:
         """Run `attempt(retry)` until its outcome is known. A first try that certainly did not
         run raises BusUnavailable; one whose reply was lost is tried again with `retry`
         (the script then finds the first try if it ran) for as long as the lease lasts.
@@ -653,10 +654,12 @@ class RedisBus(Bus):
         routes = [self._send_route(m) for m in targets]
 
         def attempt(retry: bool) -> list[Any]:
-            return [link.call_packed(route, self._packed_send(keys, body, origin, key, retry)) for route, keys in routes]
+            return [link.call_packed(route, self._packed_send(keys, body, origin, key, retry))
+                    for route, keys in routes]
         results = await self._until_known(lambda retry: _all(attempt(retry)))
-        ghosts = [m for m, res in zip(targets, results) if res[0] == 0]
-        if ghosts and repair and not self._settling():  # left without their rooms being cleaned (a crash mid-way): repair now
+        ghosts = [m for m, res in zip(targets, results, strict=True) if res[0] == 0]
+        # left without their rooms being cleaned (a crash mid-way): repair now
+        if ghosts and repair and not self._settling():
             for ghost in ghosts:
                 await self._leave_room(ghost, room)
         return results
@@ -858,7 +861,7 @@ class RedisBus(Bus):
             # not stay without its place in its rooms (deliveries check the lease themselves)
             registered: list[str] = []
             rooms: dict[str, list[str]] = {}
-            for (peer, local), res in zip(live, results):
+            for (peer, local), res in zip(live, results, strict=True):
                 kind = res[0]
                 if kind == 0:  # a newer connection took the peer, or it was taken for gone: resume
                     refused += 1
@@ -908,10 +911,10 @@ class RedisBus(Bus):
             calls.append(("ORPHAN", keys, [node, self._grace_ms, self._ttl_ms, peer, bound]))
         results = await self._run_scripts(calls)
         if self.clustered:
-            due = {p: int(d) for p, d in zip(peers, results) if int(d) > 0}
+            due = {p: int(d) for p, d in zip(peers, results, strict=True) if int(d) > 0}
             if due:
                 await self._cmd("ZADD", self.grace_key, *itertools.chain.from_iterable((d, p) for p, d in due.items()))
-        return [p for p, d in zip(peers, results) if int(d) >= 0]
+        return [p for p, d in zip(peers, results, strict=True) if int(d) >= 0]
 
     # -- liveness ----------------------------------------------------------------------
     async def _sweep_forever(self) -> None:
@@ -984,7 +987,7 @@ class RedisBus(Bus):
         live_nodes = {n.decode() for n in await self._cmd("ZRANGE", self.nodes_key, 0, -1)}
         head, tail = len(self.prefix) + 4, len("}:state")
         ghosts: dict[str, list[str]] = {}
-        for key, (node, connected), ttl in zip(keys, states[:len(keys)], states[len(keys):]):
+        for key, (node, connected), ttl in zip(keys, states[:len(keys)], states[len(keys):], strict=True):
             peer = key.decode()[head:-tail]
             if connected == b"1" and node is not None:
                 owner = node.decode()

@@ -219,7 +219,7 @@ class ClusterLink(RedisLink):
         self._controls: dict[str, Pipeline] = {}  # the same, for control commands (see RedisLink.script)
         self._subs: dict[str, Subscriber] = {}  # primary name -> its sharded pub/sub connection
         self._channels: set[bytes] = set()  # every channel subscribed (they follow their slot)
-        self._refreshing: asyncio.Task[bool] | None = None
+        self._refreshing: asyncio.Task[None] | None = None
         self._topology = asyncio.Lock()
         self._started = False
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -88,7 +89,7 @@ class _Protocol(asyncio.Protocol):
             if isinstance(reply, hiredis.ReplyError):
                 text = str(reply)
                 if text.startswith("NOSCRIPT"):
-                    self.pipeline._noscript(future, command, text)  # noqa: SLF001
+                    self.pipeline._noscript(future, command, text)  # noqa: SLF001 - a connection reports to its pipeline
                     continue
                 future.set_exception(ResponseError(text))
                 if text.startswith("READONLY"):
@@ -115,7 +116,7 @@ class _Protocol(asyncio.Protocol):
         waiting = list(self.waiting)
         self.waiting.clear()
         self.commands.clear()
-        self.pipeline._lost(self, waiting, exc)  # noqa: SLF001
+        self.pipeline._lost(self, waiting, exc)  # noqa: SLF001 - a connection reports to its pipeline
 
 
 class Pipeline:
@@ -269,13 +270,13 @@ class Pipeline:
                 exc = RedisConnectionError(f"not on {need} replica(s) in time: a failover could lose it")
                 if not protocol.ended:
                     self._ask_role(protocol)  # one went away?
-            for reply, wait in zip(replies, waits):
+            for reply, wait in zip(replies, waits, strict=True):
                 if wait.done():
                     continue
                 if not reply.done():  # sent again after a NOSCRIPT: its own batch's WAIT gates it
-                    reply.add_done_callback(lambda r, w=wait: _copy(r, w))
-                elif reply.exception() is not None:
-                    wait.set_exception(reply.exception())  # type: ignore[arg-type]
+                    reply.add_done_callback(functools.partial(_copy, target=wait))
+                elif (failure := reply.exception()) is not None:
+                    wait.set_exception(failure)
                 elif exc is not None:
                     wait.set_exception(exc)
                 else:
@@ -348,7 +349,7 @@ class Pipeline:
         futures = [loop.create_future() for _ in commands]
         protocol.send([pack(c) for c in commands], futures)
         results = await asyncio.gather(*futures, return_exceptions=True)
-        for command, result in zip(commands, results):
+        for command, result in zip(commands, results, strict=True):
             if isinstance(result, BaseException):
                 raise result
             if command[0] == "ROLE":

@@ -310,7 +310,7 @@ async def test_redis_attach_registers_with_the_node_and_ends_the_grace(redis_bus
     # what the sweeper relies on: a node's peer set names every peer it holds (so its
     # death orphans them), and a peer back within its grace is off the grace schedule
     bus = redis_bus_only
-    cmd, node_peers = bus._cmd, bus._node_peers_key(bus.node_id)  # noqa: SLF001
+    cmd, node_peers = bus._cmd, bus._node_peers_key(bus.node_id)
     first = await bus.attach("b", Box())
     assert await cmd("SISMEMBER", node_peers, "b")
     await bus.detach("b", first.epoch, final=False)
@@ -360,7 +360,7 @@ async def test_a_handshake_that_reaches_redis_too_late_is_refused(redis_bus_only
 async def test_a_node_past_its_lease_fences_its_connections_and_acts_for_none(redis_bus_only):
     bus, box = redis_bus_only, Box()
     await bus.attach("bob", box)
-    bus._lease_until = time.monotonic() - 0.001  # noqa: SLF001 - as after a pause: the lease has lapsed
+    bus._lease_until = time.monotonic() - 0.001  # as after a pause: the lease has lapsed
     with pytest.raises(LeaseLost):
         await bus.send("bob", msg(1))
     assert box.was_fenced and not bus.ready
@@ -376,9 +376,9 @@ async def test_a_send_whose_reply_was_lost_runs_once_when_tried_again(redis_serv
     try:
         box = Box()
         await bus.attach("bob", box)
-        link = bus._link  # noqa: SLF001
-        route, keys = bus._send_route("bob")  # noqa: SLF001
-        packed = bus._packed_send  # noqa: SLF001
+        link = bus._link
+        route, keys = bus._send_route("bob")
+        packed = bus._packed_send
         first = await link.call_packed(route, packed(keys, msg(1), None, b"send-1", False))
         again = await link.call_packed(route, packed(keys, msg(1), None, b"send-1", True))  # its reply was lost
         assert again == first  # found by its key: not stored or published a second time
@@ -396,11 +396,11 @@ async def test_commands_are_sent_on_call_and_run_in_call_order(redis_bus_only):
     # command only once its coroutine was awaited, which reordered them
     bus = redis_bus_only
     key = f"{bus.prefix}:{{p:order}}:probe"
-    first = bus._cmd("SADD", key, "first")  # noqa: SLF001 - not awaited
+    first = bus._cmd("SADD", key, "first")  # not awaited
     await asyncio.sleep(0.2)
-    assert await bus._cmd("SMEMBERS", key) == [b"first"]  # noqa: SLF001 - it ran without being awaited
-    writes = [bus._cmd("SADD", key, f"m{i}") for i in range(50)]  # noqa: SLF001
-    count = bus._cmd("SCARD", key)  # noqa: SLF001 - sent after the 50, answered after them
+    assert await bus._cmd("SMEMBERS", key) == [b"first"]  # it ran without being awaited
+    writes = [bus._cmd("SADD", key, f"m{i}") for i in range(50)]
+    count = bus._cmd("SCARD", key)  # sent after the 50, answered after them
     assert await count == 51
     await asyncio.gather(first, *writes)
-    await bus._cmd("DEL", key)  # noqa: SLF001
+    await bus._cmd("DEL", key)

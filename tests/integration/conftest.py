@@ -33,7 +33,7 @@ async def make_node() -> AsyncIterator[Any]:
         nodes[base] = app[NODE]
         return base
 
-    make.nodes = nodes  # type: ignore[attr-defined]
+    make.nodes = nodes  # type: ignore[attr-defined]  # the fixture hands its nodes to tests
     yield make
     for server in servers:
         await server.close()

@@ -17,7 +17,7 @@ import pytest
 
 from signaling.client import PeerLink, SignalingClient
 from support import ROOT, eventually
-from webrtc_support import chromium, netns, reachable_cluster, run_in_netns, wait_js  # noqa: F401
+from webrtc_support import chromium, netns, reachable_cluster, run_in_netns, wait_js  # noqa: F401 - fixtures: pytest finds them by name
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ async def both_ways(a: Chat, b: Chat, tag: str) -> None:
     assert await a.heard() == {"from": b.name, "text": f"{tag} from {b.name}"}
 
 
-async def test_aiortc_peers_across_two_nodes_survive_a_drain(reachable_cluster, netns):  # noqa: F811
+async def test_aiortc_peers_across_two_nodes_survive_a_drain(reachable_cluster, netns):  # noqa: F811 - the imported fixture
     stack = await reachable_cluster(2)
     with netns.entered():
         alice = SignalingClient(stack.ws_urls(0), peer="alice")
@@ -102,7 +102,7 @@ async def test_aiortc_peers_across_two_nodes_survive_a_drain(reachable_cluster, 
             await bob.close()
 
 
-async def test_the_aiortc_example_runs(reachable_cluster, netns):  # noqa: F811
+async def test_the_aiortc_example_runs(reachable_cluster, netns):  # noqa: F811 - the imported fixture
     stack = await reachable_cluster(1)
     done = await asyncio.to_thread(
         run_in_netns, netns, [sys.executable, str(ROOT / "examples" / "aiortc_datachannel.py"),
@@ -114,7 +114,7 @@ async def test_the_aiortc_example_runs(reachable_cluster, netns):  # noqa: F811
         assert f"[{peer}] sent 3, received 3" in done.stdout
 
 
-async def test_the_demo_page_calls_an_aiortc_peer(reachable_cluster, netns, chromium):  # noqa: F811
+async def test_the_demo_page_calls_an_aiortc_peer(reachable_cluster, netns, chromium):  # noqa: F811 - the imported fixture
     stack = await reachable_cluster(2)
     browser = await chromium()
     with netns.entered():

@@ -20,7 +20,7 @@ import pytest
 from netns_support import NetNamespace
 from signaling.auth import mint
 from support import ROOT, SECRET, Client, NodeProcess
-from webrtc_support import VethNode, chromium, netns, wait_js  # noqa: F401
+from webrtc_support import VethNode, chromium, netns, wait_js  # noqa: F401 - fixtures: pytest finds them by name
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ async def scripted_page(browser: Any) -> Any:
 
 
 @pytest.fixture
-async def page(chromium):  # noqa: F811
+async def page(chromium):  # noqa: F811 - the imported fixture
     return await scripted_page(await chromium())
 
 
@@ -229,7 +229,8 @@ async def test_a_connection_lost_before_anything_was_processed_resumes_from_welc
       sockets[1].welcome({ resumed: true, seq: "7-3" });
       sockets[1].deliver({ type: "message", from: "alice", data: 1, seq: "7-4" });
       sockets[1].deliver({ type: "message", from: "alice", data: 2, seq: "7-5" });
-      return { before, resume: sockets[1].param("resume"), got, lastSeq: c.lastSeq, welcome: sockets[0].param("resume") };
+      return { before, resume: sockets[1].param("resume"), got, lastSeq: c.lastSeq,
+               welcome: sockets[0].param("resume") };
     }""")
     assert result["before"] == "7-3" and result["resume"] == "7-3"  # not "0-0": no false resync, no old frames
     assert result["welcome"] is None and result["got"] == [1, 2] and result["lastSeq"] == "7-5"
@@ -394,7 +395,9 @@ window.explained = async (relay, named, channels, body) => {
 // `promise`, or a rejection saying `what` did not happen within `ms`.
 window.within = (what, ms, promise) => {
   let timer;
-  const late = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`timed out: ${what} (${ms} ms)`)), ms); });
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out: ${what} (${ms} ms)`)), ms);
+  });
   return Promise.race([promise, late]).finally(() => clearTimeout(timer));
 };
 window.opened = (channel) => new Promise((resolve) => {
@@ -484,7 +487,7 @@ def ws(node: NodeProcess) -> str:
     return node.base.replace("http", "ws", 1)
 
 
-async def start_nodes(netns: NetNamespace, tmp_path: Path, n: int, *args: str,  # noqa: F811
+async def start_nodes(netns: NetNamespace, tmp_path: Path, n: int, *args: str,  # noqa: F811 - the imported fixture
                       redis: Any = None, key_prefix: str = "") -> list[VethNode]:
     nodes = []
     for i in range(n):
@@ -496,7 +499,7 @@ async def start_nodes(netns: NetNamespace, tmp_path: Path, n: int, *args: str,  
 
 
 @pytest.fixture
-async def veth_nodes(netns, tmp_path, redis_server, key_prefix):  # noqa: F811
+async def veth_nodes(netns, tmp_path, redis_server, key_prefix):  # noqa: F811 - the imported fixture
     started: list[VethNode] = []
 
     async def start(n: int, *args: str, clustered: bool = False) -> list[VethNode]:
@@ -510,7 +513,7 @@ async def veth_nodes(netns, tmp_path, redis_server, key_prefix):  # noqa: F811
         node.stop()
 
 
-async def test_receipts_presence_and_takeover_on_a_real_node(chromium, veth_nodes):  # noqa: F811
+async def test_receipts_presence_and_takeover_on_a_real_node(chromium, veth_nodes):  # noqa: F811 - the imported fixture
     [node] = await veth_nodes(1)
     page = await real_page(await chromium(), node)
     await page.evaluate("""async (url) => {
@@ -558,7 +561,7 @@ async def test_receipts_presence_and_takeover_on_a_real_node(chromium, veth_node
         await py.close()
 
 
-async def test_every_message_once_and_in_order_across_a_drain(chromium, veth_nodes):  # noqa: F811
+async def test_every_message_once_and_in_order_across_a_drain(chromium, veth_nodes):  # noqa: F811 - the imported fixture
     nodes = await veth_nodes(2, clustered=True)
     page = await real_page(await chromium(), nodes[0])
     await page.evaluate("""async (urls) => {
@@ -584,7 +587,7 @@ async def test_every_message_once_and_in_order_across_a_drain(chromium, veth_nod
         await sender.close()
 
 
-async def test_token_renewal_with_a_real_node(chromium, veth_nodes):  # noqa: F811
+async def test_token_renewal_with_a_real_node(chromium, veth_nodes):  # noqa: F811 - the imported fixture
     [node] = await veth_nodes(1, "--jwt-secret", SECRET)
     page = await real_page(await chromium(), node)
     minted: list[float] = []

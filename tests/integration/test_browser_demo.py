@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from webrtc_support import DEMO_SHOT, chromium, netns, reachable_cluster, wait_js  # noqa: F401
+from webrtc_support import DEMO_SHOT, chromium, netns, reachable_cluster, wait_js  # noqa: F401 - fixtures: pytest finds them by name
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ async def open_demo(browser: Any, base: str, peer: str, room: str, media: str, s
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.errors = errors  # type: ignore[attr-defined]
+    page.errors = errors
     query = f"peer={peer}&room={room}&media={media}&autojoin=1"
     if servers:
         query += "&servers=" + ",".join(servers)
@@ -49,7 +49,7 @@ async def video_flows(page: Any) -> None:
                         " return v.videoWidth > 0 && v.currentTime > 0.3; })()", timeout=15)
 
 
-async def test_demo_call_across_two_nodes_survives_a_drain(reachable_cluster, chromium):  # noqa: F811
+async def test_demo_call_across_two_nodes_survives_a_drain(reachable_cluster, chromium):  # noqa: F811 - the imported fixture
     stack = await reachable_cluster(2)
     browser = await chromium(secure_origins=stack.origins)
     # behind nginx the page's own /ws is the endpoint; without it each page gets its node first

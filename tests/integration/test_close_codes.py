@@ -99,7 +99,7 @@ async def test_4409_a_newer_connection_takes_over(node, connect):
 async def test_heartbeat_closes_a_client_that_stops_answering(make_node, connect):
     node = await make_node(heartbeat=0.4, grace=5)
     alice = await Client.connect(node, peer="alice")
-    alice.ws._autoping = False  # noqa: SLF001 - a client that stops answering pings
+    alice.ws._autoping = False  # a client that stops answering pings
     assert alice.welcome["heartbeat"] == 0.4
     started = time.monotonic()
     try:
@@ -114,7 +114,7 @@ async def test_heartbeat_closes_a_client_that_stops_answering(make_node, connect
 async def test_a_quiet_client_that_answers_pings_stays_and_its_own_pings_get_pongs(make_node, connect):
     node = await make_node(heartbeat=0.2, grace=5)
     alice = await Client.connect(node, peer="alice")
-    alice.ws._autoping = False  # noqa: SLF001 - read the control frames ourselves
+    alice.ws._autoping = False  # read the control frames ourselves
     pings, deadline = 0, time.monotonic() + 1.2
     while time.monotonic() < deadline:  # six heartbeats of silence but for the pongs
         msg = await alice.ws.receive(timeout=1.0)
@@ -146,7 +146,7 @@ async def test_a_frame_being_handled_when_the_node_drains_still_gets_its_receipt
             return await super().send(to, body, **kw)
 
     node = await make_node(bus=SlowBus(node_id="n", grace=5, inbox_limit=10), node_id="n")
-    alice, bob = await connect(node, peer="alice"), await connect(node, peer="bob")
+    alice, _bob = await connect(node, peer="alice"), await connect(node, peer="bob")
     await alice.send(type="message", to="bob", data="in flight", id=1)
     await asyncio.sleep(0.1)
     drain = asyncio.ensure_future(make_node.nodes[node].drain())

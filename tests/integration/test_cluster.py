@@ -42,7 +42,7 @@ async def test_order_per_pair_across_nodes(cluster, connect):
 
 async def test_room_spread_over_three_nodes(cluster, connect):
     nodes = await cluster(3)
-    a, b, c = [await connect(n.ws_base, peer=p) for n, p in zip(nodes, "abc")]
+    a, b, c = [await connect(n.ws_base, peer=p) for n, p in zip(nodes, "abc", strict=True)]
     await a.send(type="join", room="r")
     await a.expect("joined", peers=[])
     await b.send(type="join", room="r")
@@ -91,7 +91,8 @@ async def test_racing_connections_one_owner_the_later_wins(cluster, connect):
         # exactly one of them is told it was replaced (maybe before its welcome); the other owns bob
         results = await asyncio.gather(first.closed(timeout=2), second.closed(timeout=2), return_exceptions=True)
         replaced = [r for r in results if r == 4409]
-        owners = [c for c, r in zip((first, second), results) if isinstance(r, (AssertionError, asyncio.TimeoutError))]
+        owners = [c for c, r in zip((first, second), results, strict=True)
+                  if isinstance(r, (AssertionError, asyncio.TimeoutError))]
         assert len(replaced) == 1 and len(owners) == 1, results
         await alice.send(type="message", to="bob", data="who", id=1)
         await alice.expect("ack", id=1)

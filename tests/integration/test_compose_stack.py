@@ -128,7 +128,7 @@ async def scale_under_traffic(stack: Stack, http: aiohttp.ClientSession, held: l
         stop_stream.set()
         await streaming
         stop_talking.set()
-        sent = dict(zip((p.peer for p in held), await asyncio.gather(*talkers, return_exceptions=True)))
+        sent = dict(zip((p.peer for p in held), await asyncio.gather(*talkers, return_exceptions=True), strict=True))
 
     # the diagnostics the closing note asks for, printed before any assertion
     log("handshakes during the scale sequence: " + distribution([h.seconds for h in stream.results if not h.error]))
@@ -159,7 +159,7 @@ async def scale_under_traffic(stack: Stack, http: aiohttp.ClientSession, held: l
         assert not report.lost, (p.peer, sorted(report.lost)[:20])
         assert p.refused_handshakes == 0, (p.peer, p.refused_handshakes)
         # a peer on a removed replica got 1001 and resumed on a replica still there
-        for conn, following in zip(p.connections, p.connections[1:] + [None]):
+        for conn, following in zip(p.connections, p.connections[1:] + [None], strict=True):
             if conn.node[:12] in removed:
                 moves[str(conn.code)] += 1
                 if not (conn.code == 1001 and following is not None and following.resumed
@@ -219,4 +219,5 @@ async def nginx_retries(stack: Stack) -> str:
         if "504" in upstream:
             timed_out.append(f'{entry["status"]} <- {upstream} in {entry["duration"]} s')
     return (f"/ws statuses {dict(statuses)}; by upstream tries {dict(sorted(tries.items()))}; "
-            f"second passes {second_pass}; with a connect timeout {len(timed_out)}: {Counter(timed_out).most_common(6)}")
+            f"second passes {second_pass}; "
+            f"with a connect timeout {len(timed_out)}: {Counter(timed_out).most_common(6)}")

@@ -75,7 +75,7 @@ async def test_rolling_restart_under_traffic_loses_nothing_and_duplicates_nothin
             await asyncio.sleep(0.5)
         finally:
             stop.set()
-            sent = dict(zip((p.peer for p in peers), await asyncio.gather(*talkers)))
+            sent = dict(zip((p.peer for p in peers), await asyncio.gather(*talkers), strict=True))
         # every acked message reaches its recipient: wait for the tails to arrive
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(

@@ -43,7 +43,8 @@ def test_nginx_t_passes_on_the_production_config_as_compose_renders_it(tmp_path)
         # `server ... resolve` in an upstream is open-source nginx 1.27.3+ (the compose image
         # is 1.28); this one is older, and without `resolve` the name must resolve at load
         assert "signaling:8080 resolve" in values["NGINX_UPSTREAM_SERVERS"]
-        values["NGINX_UPSTREAM_SERVERS"] = values["NGINX_UPSTREAM_SERVERS"].replace("signaling:8080 resolve", "127.0.0.1:8080")
+        values["NGINX_UPSTREAM_SERVERS"] = values["NGINX_UPSTREAM_SERVERS"].replace("signaling:8080 resolve",
+                                                                                    "127.0.0.1:8080")
     main = render_nginx(tmp_path / "prod", values, tls=True)
     for path in rendered_files(tmp_path / "prod"):
         assert "${" not in path.read_text(), path

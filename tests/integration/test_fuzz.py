@@ -24,7 +24,8 @@ from support import free_port
 CODES = {c.value for c in protocol.ErrorCode}
 
 json_values = strategies.json_values(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40),
     width=5, key_size=10, max_leaves=20,
 )
 # objects that look like protocol messages: known and unknown types, fields of any type
@@ -120,7 +121,7 @@ FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 def test_arbitrary_json_values(node_url, values):
     frames = [json.dumps(v) for v in values]
     replies = asyncio.run(_exchange(node_url, [("text", f) for f in frames]))
-    for frame, reply in zip(frames, replies):
+    for frame, reply in zip(frames, replies, strict=True):
         _check(frame, reply)
 
 
@@ -129,7 +130,7 @@ def test_arbitrary_json_values(node_url, values):
 def test_message_shaped_objects(node_url, objects):
     frames = [json.dumps(o) for o in objects]
     replies = asyncio.run(_exchange(node_url, [("text", f) for f in frames]))
-    for frame, reply in zip(frames, replies):
+    for frame, reply in zip(frames, replies, strict=True):
         _check(frame, reply)
 
 
@@ -138,7 +139,7 @@ def test_message_shaped_objects(node_url, objects):
 def test_arbitrary_bytes_as_text_and_binary_frames(node_url, frames):
     prepared = [(kind, data if kind == "binary" else data.decode("utf-8", "replace")) for kind, data in frames]
     replies = asyncio.run(_exchange(node_url, prepared))
-    for (kind, frame), reply in zip(prepared, replies):
+    for (kind, frame), reply in zip(prepared, replies, strict=True):
         if kind == "binary":
             assert reply is not None and (reply["type"], reply["code"]) == ("error", "bad-message")
         else:

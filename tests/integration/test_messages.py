@@ -10,7 +10,8 @@ from support import join_all
 RELAYED = [
     ("offer", {"offer": {"type": "offer", "sdp": "v=0\r\n"}}),
     ("answer", {"answer": {"type": "answer", "sdp": "v=0\r\n"}}),
-    ("candidate", {"candidate": {"candidate": "candidate:1 1 udp 1 198.18.0.1 5000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}}),
+    ("candidate", {"candidate": {"candidate": "candidate:1 1 udp 1 198.18.0.1 5000 typ host", "sdpMid": "0",
+                                 "sdpMLineIndex": 0}}),
     ("candidate", {"candidate": None}),
     ("bye", {"reason": "hung up"}),
     ("bye", {}),

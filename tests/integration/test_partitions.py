@@ -144,7 +144,7 @@ async def test_stale_node_does_not_take_a_peer_back_after_an_empty_redis_restart
     for _ in range(3):  # each new connection replaces the last (4409): with epochs counted from 1, A's is 4
         older = bob.current
         await bob.connect(node_a.ws_base)
-        await until(lambda: older.code == 4409, 5, lambda: f"no takeover on A: {bob.story()}")
+        await until(lambda older=older: older.code == 4409, 5, lambda: f"no takeover on A: {bob.story()}")
     await talk(alice, "bob", range(0, 3))
     assert await received(bob, alice, "to-bob", 2), "no delivery before the fault"
     node_a.signal(signal.SIGSTOP)
@@ -318,7 +318,7 @@ async def test_wall_clocks_apart_do_not_flap_connected_peers(lab, offsets):
     redis = lab.redis()
     nodes = [await lab.node(f"N{i}", redis.url, ttl=3, grace=5, env=skewed_env(offset))
              for i, offset in enumerate(offsets)]
-    for node, offset in zip(nodes, offsets):  # the skew is real, or this test proves nothing
+    for node, offset in zip(nodes, offsets, strict=True):  # the skew is real, or this test proves nothing
         expected = 0.0 if offset == "0" else float(offset.rstrip("s"))
         seen = await wall_clock_offset(node)
         assert abs(seen - expected) < 1.5, f"node {node.base} should run {offset} off, its clock is {seen:+.1f}s off"
@@ -369,7 +369,7 @@ async def test_node_logs_stay_clean_through_redis_loss_and_a_pause(lab):
     node_a = await lab.node("A", f"redis://127.0.0.1:{link.port}/0", ttl=10)
     node_b = await lab.node("B", redis.url, ttl=10)
     alice = await lab.app("alice", node_a, reconnect_to=[node_a, node_b])
-    bob = await lab.app("bob", node_b, reconnect_to=[node_b, node_a])
+    _bob = await lab.app("bob", node_b, reconnect_to=[node_b, node_a])
     await talk(alice, "bob", range(0, 3))
     redis.kill()
     for node in (node_a, node_b):

@@ -223,7 +223,7 @@ async def test_a_connection_lost_before_its_app_handled_anything_resumes_from_we
     seen = collect(bob, "welcome", "resync")
     first = await bob.connect(timeout=5)
     assert first["resumed"] is False and first["seq"] == old_life.last_seq
-    await eventually(lambda: bob._dedupe.highest is not None)  # noqa: SLF001 - frame 1 reached the client
+    await eventually(lambda: bob._dedupe.highest is not None)  # frame 1 reached the client
     proxy.cut()  # the connection dies before the app handled anything
     await eventually(lambda: bob.welcome is not first, timeout=5)  # (its event waits behind the busy app)
     handling.set()

@@ -141,7 +141,7 @@ async def test_lost_subscription_is_detected_and_restored_without_loss(own_redis
             await n.wait_ready()
         alice, bob = await connect(nodes[0].ws_base, peer="alice"), await connect(nodes[1].ws_base, peer="bob")
         sent = 0
-        for round_ in range(5):
+        for _round in range(5):
             for _ in range(20):
                 await alice.send(type="message", to="bob", data=sent, id=sent)
                 sent += 1

@@ -47,7 +47,7 @@ async def _under_traffic(nodes: list[NodeProcess], event: Callable[[], Any], *, 
             await asyncio.sleep(after)
         finally:
             stop.set()
-            sent = dict(zip(partner, await asyncio.wait_for(asyncio.gather(*talkers), 60)))
+            sent = dict(zip(partner, await asyncio.wait_for(asyncio.gather(*talkers), 60), strict=True))
         last_ack = max(p.sent_at.get(p.last_acked, 0.0) for p in peers) - done
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(

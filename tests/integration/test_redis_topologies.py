@@ -38,7 +38,8 @@ SCRIPT_STEPS = [
     ("zrange", "'ZRANGE', KEYS[3], 0, -1"), ("zrangebyscore", "'ZRANGEBYSCORE', KEYS[3], '-inf', 1"),
     ("zrem", "'ZREM', KEYS[3], 'a'"),
     ("hset", "'HSET', KEYS[4], 'f', 1"), ("hincrby", "'HINCRBY', KEYS[4], 'f', 2"), ("hmget", "'HMGET', KEYS[4], 'f'"),
-    ("xadd", "'XADD', KEYS[5], '1-1', 'f', 'v'"), ("xlen", "'XLEN', KEYS[5]"), ("xrange", "'XRANGE', KEYS[5], '-', '+'"),
+    ("xadd", "'XADD', KEYS[5], '1-1', 'f', 'v'"), ("xlen", "'XLEN', KEYS[5]"),
+    ("xrange", "'XRANGE', KEYS[5], '-', '+'"),
     ("xrevrange", "'XREVRANGE', KEYS[5], '+', '-'"), ("xinfo|stream", "'XINFO', 'STREAM', KEYS[5]"),
     ("xdel", "'XDEL', KEYS[5], '1-1'"),
     ("publish", "'PUBLISH', ARGV[1], 'hello'"), ("spublish", "'SPUBLISH', ARGV[1], 'hello'"), ("time", "'TIME'"),
@@ -147,7 +148,7 @@ def test_node_acl_rules_accepted_one_by_one(redis_acl):
 def test_node_acl_user_has_exactly_the_listed_rules(redis_acl, key_prefix):
     username, _ = redis_acl.node_user(key_prefix)
     user = redis_acl.server.call("ACL", "GETUSER", username)
-    described = dict(zip(user[::2], user[1::2]))
+    described = dict(zip(user[::2], user[1::2], strict=True))
     rules = node_acl_rules(key_prefix, "x")
     assert set(described["commands"].split()) == {r for r in rules if r[0] in "+-"}
     assert described["keys"].split() == [r for r in rules if r.startswith("~")]

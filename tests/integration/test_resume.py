@@ -146,7 +146,7 @@ async def test_grace_expiry_leaves_rooms_and_forgets_the_peer(make_node, connect
 
 async def test_resume_with_an_unknown_future_seq_is_not_resumed(make_node, connect):
     node = await make_node(grace=10)
-    alice, bob = await connect(node, peer="alice"), await connect(node, peer="bob")
+    _alice, bob = await connect(node, peer="alice"), await connect(node, peer="bob")
     await bob.drop()
     await _away(node, make_node)
     ahead = int(time.time() * 1000) + 3_600_000  # an hour ahead: a skewed clock, not a forgery (400, tests/security)

@@ -39,7 +39,8 @@ class TutorialPeer:
                 self.remote_description = data["offer"]
                 await self.send({"type": "answer", "answer": {"type": "answer", "sdp": SDP_ANSWER}, "to": data["from"]})
                 for c in CANDIDATES[::-1]:
-                    await self.send({"type": "candidate", "candidate": {"candidate": c, "sdpMid": "0"}, "to": data["from"]})
+                    await self.send({"type": "candidate", "candidate": {"candidate": c, "sdpMid": "0"},
+                                     "to": data["from"]})
                 await self.send({"type": "candidate", "candidate": None, "to": data["from"]})
             elif data["type"] == "answer":
                 self.remote_description = data["answer"]

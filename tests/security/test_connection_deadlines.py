@@ -93,7 +93,7 @@ async def raw_connections():
     opened: list[Raw] = []
 
     async def open(node: NodeProcess, **kwargs: object) -> Raw:
-        conn = await Raw.open(node, **kwargs)  # type: ignore[arg-type]
+        conn = await Raw.open(node, **kwargs)  # type: ignore[arg-type]  # Raw.open's own keywords
         opened.append(conn)
         return conn
 

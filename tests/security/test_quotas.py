@@ -54,7 +54,8 @@ async def test_reconnecting_buys_no_messages(cluster, how):
             await asyncio.sleep(0.1)  # as a client in a hurry would, and so the elapsed time is not ~0
         elapsed = time.monotonic() - began
         allowed = BURST + RATE * elapsed
-        assert acked <= allowed + 2, f"{acked} messages got through in {elapsed:.1f}s; one connection gets {allowed:.0f}"
+        assert acked <= allowed + 2, \
+            f"{acked} messages got through in {elapsed:.1f}s; one connection gets {allowed:.0f}"
         assert acked >= BURST, f"only {acked} got through"
     finally:
         for c in clients + [bob]:

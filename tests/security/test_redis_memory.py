@@ -48,7 +48,7 @@ async def test_one_sender_cannot_make_redis_hold_more_than_the_inbox_bound_per_r
             await c.expect("joined")
             await c.expect("ack", id="j")
         for c in idle:  # they never read again: what mallory sends waits in their inboxes
-            c.ws._response.connection.transport.pause_reading()  # noqa: SLF001
+            c.ws._response.connection.transport.pause_reading()
         reading = asyncio.create_task(read())
         before = used(r)
         for i in range(300):  # 18 MB of broadcasts
@@ -135,7 +135,7 @@ async def test_the_memory_bus_holds_the_same_bound(processes):
     mallory = await Client.connect(node.ws_base, peer="mallory")
     try:
         for c in idle:
-            c.ws._response.connection.transport.pause_reading()  # noqa: SLF001
+            c.ws._response.connection.transport.pause_reading()
         before = rss(node.proc.pid)
         for i in range(300):  # to each of them (one body shared by a broadcast's inboxes would flatter)
             for c in idle:

@@ -161,7 +161,8 @@ def test_sub_that_is_not_a_peer_id_is_invalid(hs_verifier, sub):
 
 
 def _hs_raw(payload: dict, key: bytes = SECRET.encode()) -> str:
-    signing_input = f"{b64url(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{b64url(json.dumps(payload).encode())}"
+    header = b64url(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())
+    signing_input = f"{header}.{b64url(json.dumps(payload).encode())}"
     sig = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{b64url(sig)}"
 

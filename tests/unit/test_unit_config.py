@@ -91,7 +91,8 @@ def test_list_flag_overrides_list_env():
 
 
 def test_float_and_int_conversion():
-    s = load(None, {"SIGNALING_RATE": "2.5", "SIGNALING_BURST": "7", "SIGNALING_HOST": "0.0.0.0", "SIGNALING_OPEN": "1"})
+    s = load(None, {"SIGNALING_RATE": "2.5", "SIGNALING_BURST": "7", "SIGNALING_HOST": "0.0.0.0",
+                    "SIGNALING_OPEN": "1"})
     assert (s.rate, s.burst, s.host) == (2.5, 7, "0.0.0.0")
 
 

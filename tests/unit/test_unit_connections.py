@@ -77,11 +77,12 @@ class FakeServer:
         return self.handlers[-1]
 
 
-def guard(limit: int = 10, headroom: int = 0, header_timeout: float = DEADLINE) -> tuple[Connections, FakeServer, Any, list[str]]:
+def guard(limit: int = 10, headroom: int = 0,
+          header_timeout: float = DEADLINE) -> tuple[Connections, FakeServer, Any, list[str]]:
     closed: list[str] = []
     connections = Connections(limit, headroom, header_timeout, closed.append)
     server = FakeServer()
-    return connections, server, connections.protocol_factory(server), closed  # type: ignore[arg-type]
+    return connections, server, connections.protocol_factory(server), closed
 
 
 def made(accept: Any) -> tuple[Any, FakeTransport]:

@@ -240,7 +240,8 @@ def test_no_peer_is_peer_unavailable_with_id():
 
 
 def test_no_peer_without_id_still_errors():
-    assert error_codes(peer().settle(Send("bob", b"{}", None, "offer"), Result(Outcome.NO_PEER))) == ["peer-unavailable"]
+    replies = peer().settle(Send("bob", b"{}", None, "offer"), Result(Outcome.NO_PEER))
+    assert error_codes(replies) == ["peer-unavailable"]
 
 
 def test_broadcast_not_in_room_errors_and_forgets_room():

@@ -105,7 +105,7 @@ def test_compose_nginx_renders_the_shipped_templates_with_every_variable():
 
 def test_compose_secrets_come_from_uncommitted_files():
     c = compose()
-    for name, secret in c["secrets"].items():
+    for secret in c["secrets"].values():
         path = ROOT / secret["file"]
         ignore = (path.parent / ".gitignore").read_text().split()
         assert "*" in ignore, f"{secret['file']} could be committed"

@@ -572,7 +572,7 @@ class ScanDirectory(Directory):
     def expire(self, now: float) -> list[Delivery]:
         out: list[Delivery] = []
         for peer in [p for p, r in self.peers.items() if not r.connected and r.deadline <= now]:
-            out += self._remove(peer, now)  # noqa: SLF001
+            out += self._remove(peer, now)
         return out
 
     def next_deadline(self) -> float | None:
@@ -590,14 +590,14 @@ class NoScan(dict):
 
 
 def heap_size(d: Directory) -> int:
-    return len(d._deadlines)  # noqa: SLF001
+    return len(d._deadlines)
 
 
 def check_heap(d: Directory) -> None:
     """Stale entries are counted exactly, and never outnumber the live ones by more than one."""
     reconnecting = sum(1 for r in dict.values(d.peers) if not r.connected)
-    stale = sum(1 for e in d._deadlines if d._live(*e) is None)  # noqa: SLF001
-    assert stale == d._stale  # noqa: SLF001
+    stale = sum(1 for e in d._deadlines if d._live(*e) is None)
+    assert stale == d._stale
     assert heap_size(d) - stale == reconnecting
     assert stale <= reconnecting + 1
 

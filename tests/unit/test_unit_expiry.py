@@ -43,8 +43,8 @@ async def test_forgotten_entries_are_compacted_and_the_dead_do_not_linger():
         ex.forget(c)
         del c
     gc.collect()
-    assert len(ex._heap) < 200  # noqa: SLF001 - bounded by the live ones, not by the churn
-    assert {e[2]().name for e in ex._heap if e[2]() is not None and not e[2]().ended} == {c.name for c in keep}  # noqa: SLF001
+    assert len(ex._heap) < 200  # bounded by the live ones, not by the churn
+    assert {e[2]().name for e in ex._heap if e[2]() is not None and not e[2]().ended} == {c.name for c in keep}
     ex.close()
 
 
@@ -62,7 +62,7 @@ async def test_a_connection_that_ends_after_its_token_expired_is_not_counted_twi
     for c in conns:
         c.ended = True
         ex.forget(c)  # the session ends after its token expired
-    assert len(ex) == 0 and ex._forgotten == 0  # noqa: SLF001
+    assert len(ex) == 0 and ex._forgotten == 0
     later = Conn("later")
     ex.add(later, loop.time() + 3600)
     assert len(ex) == 1

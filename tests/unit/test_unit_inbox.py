@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -74,7 +76,7 @@ def test_seq_stays_increasing_when_clock_goes_backwards():
 def test_seqs_strictly_increase_for_any_clock(clock):
     box = Inbox(limit=1000)
     seqs = [box.append(b"{}", now)[0] for now in clock]
-    assert all(x < y for x, y in zip(seqs, seqs[1:]))
+    assert all(x < y for x, y in itertools.pairwise(seqs))
     assert [parse_seq(format_seq(s)) for s in seqs] == seqs
 
 
@@ -139,7 +141,8 @@ def test_empty_inbox_covers_only_zero():
 NOW = 1_800_000_000.0  # seconds
 
 
-@pytest.mark.parametrize("text", ["0-0", "1800000000000-0", "1800000000000-17", format_seq((int(NOW * 1000) + RESUME_FUTURE_MS, 0))])
+@pytest.mark.parametrize("text", ["0-0", "1800000000000-0", "1800000000000-17",
+                                  format_seq((int(NOW * 1000) + RESUME_FUTURE_MS, 0))])
 def test_parse_resume_takes_seqs_as_the_server_writes_them(text):
     assert parse_resume(text, NOW) == parse_seq(text)
 

@@ -140,25 +140,25 @@ def test_valid_id_is_echoed_on_errors():
 
 
 def test_integer_id_beyond_64_bits_is_kept():
-    assert p.parse('{"type":"ping","id":%d}' % (2**70 + 1)) == Ping(2**70 + 1)
+    assert p.parse('{"type":"ping","id":%d}' % (2**70 + 1)) == Ping(2**70 + 1)  # noqa: UP031 - JSON's braces need no escaping
 
 
 def test_relay_id_beyond_64_bits_is_kept_exactly():
     # the relayed text goes out as it came; only the receipt id is read, and exactly
-    msg = p.parse('{"type":"message","to":"b","data":1,"id":%d}' % (2**70 + 1))
+    msg = p.parse('{"type":"message","to":"b","data":1,"id":%d}' % (2**70 + 1))  # noqa: UP031 - JSON's braces need no escaping
     assert msg.id == 2**70 + 1 and msg.frame is not None
 
 
 def test_big_integer_is_exact_when_the_object_is_encoded_again():
     big = 2**70 + 1
-    msg = p.parse('{"type":"message","to":"b","data":%d,"from":"mallory"}' % big)
+    msg = p.parse('{"type":"message","to":"b","data":%d,"from":"mallory"}' % big)  # noqa: UP031 - JSON's braces need no escaping
     assert msg.frame is None  # `from` is stripped, so the object is encoded again
     assert json.loads(p.relayed_body("a", msg)) == {"type": "message", "to": "b", "data": big, "from": "a"}
 
 
 def test_relayed_big_integer_payload_is_unchanged():
     big = 2**70 + 1  # not representable as a float
-    msg = p.parse('{"type":"message","to":"b","data":%d}' % big)
+    msg = p.parse('{"type":"message","to":"b","data":%d}' % big)  # noqa: UP031 - JSON's braces need no escaping
     assert json.loads(p.relayed_body("a", msg))["data"] == big
 
 
@@ -185,7 +185,8 @@ def test_relayed_body_sets_from_to_sender():
 def test_a_client_object_without_from_or_seq_is_relayed_as_written_with_from_in_front():
     raw = b' {"type":"message","to":"bob","data":{"n":123456789012345678901234567890,"s":"caf\\u00e9"}} '
     body = p.relayed_body("alice", p.parse(raw))
-    assert body == b'{"from":"alice","type":"message","to":"bob","data":{"n":123456789012345678901234567890,"s":"caf\\u00e9"}} '
+    assert body == (b'{"from":"alice","type":"message","to":"bob",'
+                    b'"data":{"n":123456789012345678901234567890,"s":"caf\\u00e9"}} ')
     assert json.loads(p.with_seq(body, "5-0")) == {"seq": "5-0", "from": "alice", "type": "message", "to": "bob",
                                                   "data": {"n": 123456789012345678901234567890, "s": "café"}}
 
@@ -295,7 +296,8 @@ def test_dumps_handles_integers_beyond_64_bits():
 
 
 def test_error_frame_includes_id_only_when_given():
-    assert orjson.loads(p.error(ErrorCode.ROOM_FULL, "full")) == {"type": "error", "code": "room-full", "message": "full"}
+    assert orjson.loads(p.error(ErrorCode.ROOM_FULL, "full")) == {"type": "error", "code": "room-full",
+                                                                  "message": "full"}
     assert orjson.loads(p.error(ErrorCode.ROOM_FULL, "full", 0))["id"] == 0
 
 

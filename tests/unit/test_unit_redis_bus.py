@@ -53,20 +53,20 @@ async def _registered_with_inbox(redis_server, key_prefix, entries: int, trimmed
 
     bus = RedisBus(redis_server.url, node_id="n1", grace=5, inbox_limit=10, prefix=key_prefix)
     await bus.start()
-    state, inbox, _, _ = bus._peer_keys("bob")  # noqa: SLF001
+    state, inbox, _, _ = bus._peer_keys("bob")
     async with aioredis.from_url(redis_server.url) as r:
         ids = [(await r.xadd(inbox, {"b": f"m{i}".encode(), "k": b""})).decode() for i in range(entries)]
         await r.hset(state, mapping={"epoch": 7, "node": "n1", "connected": 1,
                                      **({"trimmed": trimmed} if trimmed else {})})
     box = Box()
-    bus._local["bob"] = [_Local(box, "bob", epoch=7, last_seq=ids[last])]  # noqa: SLF001
+    bus._local["bob"] = [_Local(box, "bob", epoch=7, last_seq=ids[last])]
     return bus, box, ids
 
 
 async def test_registering_again_hands_over_what_the_inbox_got_meanwhile(redis_server, key_prefix):
     bus, box, ids = await _registered_with_inbox(redis_server, key_prefix, 5, trimmed=None, last=1)
     try:
-        await bus._register_again()  # noqa: SLF001
+        await bus._register_again()
         assert [seq for seq, _ in box.got] == ids[2:] and not box.was_lost
     finally:
         await bus.close()
@@ -75,7 +75,7 @@ async def test_registering_again_hands_over_what_the_inbox_got_meanwhile(redis_s
 async def test_registering_again_reports_a_gap_the_bound_cut_into(redis_server, key_prefix):
     bus, box, ids = await _registered_with_inbox(redis_server, key_prefix, 5, trimmed="99999999999999-0", last=1)
     try:
-        await bus._register_again()  # noqa: SLF001
+        await bus._register_again()
         assert box.was_lost and box.got == []
     finally:
         await bus.close()
@@ -85,14 +85,14 @@ async def test_registering_again_knows_a_full_inbox_pushed_out_what_its_oldest_e
     # inbox limit 10, 11 entries: full, the oldest (ids[0]) marks the newest seq pushed out
     bus, box, ids = await _registered_with_inbox(redis_server, key_prefix, 11, trimmed=None, last=0)
     try:
-        await bus._register_again()  # noqa: SLF001 - it has the marker: nothing is missing
+        await bus._register_again()  # it has the marker: nothing is missing
         assert [seq for seq, _ in box.got] == ids[1:] and not box.was_lost
     finally:
         await bus.close()
     bus, box, ids = await _registered_with_inbox(redis_server, key_prefix + "x", 11, trimmed=None, last=0)
     try:
-        bus._local["bob"][0].last_seq = "1-0"  # noqa: SLF001 - from before the marker: a gap
-        await bus._register_again()  # noqa: SLF001
+        bus._local["bob"][0].last_seq = "1-0"  # from before the marker: a gap
+        await bus._register_again()
         assert box.was_lost and box.got == []
     finally:
         await bus.close()
@@ -115,23 +115,23 @@ def test_the_hot_path_packs_send_exactly_as_the_generic_packer_would():
     bus = RedisBus("redis://127.0.0.1:1/0", node_id="n1", grace=30.0, inbox_limit=256, inbox_bytes=5000)
     from signaling.bus.redis_link import open_link
 
-    bus._link = open_link(bus.url, {"SEND": ""}, on_message=None, on_reconnect=None, on_changed=None,  # noqa: SLF001
+    bus._link = open_link(bus.url, {"SEND": ""}, on_message=None, on_reconnect=None, on_changed=None,
                           on_unsettled=None)
-    bus._link._shas["SEND"] = "f" * 40  # noqa: SLF001
-    bus._prepare_send()  # noqa: SLF001 - what start() does once the scripts are known
+    bus._link._shas["SEND"] = "f" * 40
+    bus._prepare_send()  # what start() does once the scripts are known
     body = b'{"type":"message","from":"a","data":"\xc3\xa9\\r\\n"}'
-    state, inbox, _, channel = bus._peer_keys("b:1")  # noqa: SLF001
-    sender = bus._peer_keys("a")[0]  # noqa: SLF001
-    ttl = bus._ttl_ms  # noqa: SLF001
+    state, inbox, _, channel = bus._peer_keys("b:1")
+    sender = bus._peer_keys("a")[0]
+    ttl = bus._ttl_ms
     for retry in (False, True):
         anonymous = pack(("EVALSHA", "f" * 40, 3, state, inbox, channel, body, 256, ttl, b"k:1", "", int(retry), 5000))
         fenced = pack(("EVALSHA", "f" * 40, 4, state, inbox, channel, sender, body, 256, ttl, b"k:1",
                        1796136845519990, int(retry), 5000))
         for _ in range(2):  # the second time from the caches
-            route, keys = bus._send_route("b:1")  # noqa: SLF001
+            route, keys = bus._send_route("b:1")
             assert route == state
-            assert bus._packed_send(keys, body, None, b"k:1", retry) == anonymous  # noqa: SLF001
-            assert bus._packed_send(keys, body, ("a", 1796136845519990), b"k:1", retry) == fenced  # noqa: SLF001
+            assert bus._packed_send(keys, body, None, b"k:1", retry) == anonymous
+            assert bus._packed_send(keys, body, ("a", 1796136845519990), b"k:1", retry) == fenced
 
 
 async def test_registering_again_after_redis_lost_everything_puts_the_peer_back_in_its_rooms(redis_server, key_prefix):
@@ -145,17 +145,17 @@ async def test_registering_again_after_redis_lost_everything_puts_the_peer_back_
     bus = RedisBus(redis_server.url, node_id="n1", grace=5, inbox_limit=10, prefix=key_prefix)
     await bus.start()
     try:
-        state, inbox, rooms, _ = bus._peer_keys("carol")  # noqa: SLF001
-        assert await bus._eval("REGISTER", [state, inbox, rooms], [7, "n1", "5-0", 10, "r1"]) == [2]  # noqa: SLF001
-        bus._local["bob"] = [_Local(Box(), "bob", epoch=7, last_seq="5-0", rooms=frozenset({"r1", "r2"}))]  # noqa: SLF001
-        bus._lease_until = time.monotonic() - 0.001  # noqa: SLF001 - lapsed mid-round
-        await bus._register_again()  # noqa: SLF001 - Redis has nothing of bob: restored
-        state, _, rooms, _ = bus._peer_keys("bob")  # noqa: SLF001
+        state, inbox, rooms, _ = bus._peer_keys("carol")
+        assert await bus._eval("REGISTER", [state, inbox, rooms], [7, "n1", "5-0", 10, "r1"]) == [2]
+        bus._local["bob"] = [_Local(Box(), "bob", epoch=7, last_seq="5-0", rooms=frozenset({"r1", "r2"}))]
+        bus._lease_until = time.monotonic() - 0.001  # lapsed mid-round
+        await bus._register_again()  # Redis has nothing of bob: restored
+        state, _, rooms, _ = bus._peer_keys("bob")
         async with aioredis.from_url(redis_server.url) as r:
-            assert await r.smembers(bus._peer_keys("carol")[2]) == {b"r1"}  # noqa: SLF001
+            assert await r.smembers(bus._peer_keys("carol")[2]) == {b"r1"}
             assert await r.smembers(rooms) == {b"r1", b"r2"}
             for room in ("r1", "r2"):
-                assert await r.sismember(bus._room_key(room), "bob")  # noqa: SLF001
+                assert await r.sismember(bus._room_key(room), "bob")
             assert await r.hget(state, "trimmed") == b"5-0"  # a resume from before it has a gap
     finally:
         await bus.close()
@@ -178,7 +178,7 @@ async def test_a_recent_resume_that_finds_nothing_tells_every_node_that_redis_lo
         await first.attach("bob", Box(), resume=f"{int(time.time() * 1000) - 2000}-0")
         with pytest.raises(BusUnavailable):
             await first.send("nobody", b"{}")
-        await other._renew_lease()  # noqa: SLF001 - the other node learns it at its next lease
+        await other._renew_lease()  # the other node learns it at its next lease
         with pytest.raises(BusUnavailable):
             await other.send("nobody", b"{}")
     finally:
@@ -193,10 +193,10 @@ async def test_the_estimate_of_redis_clock_ignores_a_reply_held_up_on_the_way():
 
     bus = RedisBus("redis://127.0.0.1:1/0", node_id="n1", grace=5, inbox_limit=10, node_ttl=3.0)
     now = time.monotonic()
-    bus._held_lease(now - 0.002, int(now * 1e6) + 10**9)  # noqa: SLF001 - a quick round trip: Redis 1000 s ahead
-    good = bus._redis_time_us(now)  # noqa: SLF001
+    bus._held_lease(now - 0.002, int(now * 1e6) + 10**9)  # a quick round trip: Redis 1000 s ahead
+    good = bus._redis_time_us(now)
     assert abs(good - (now * 1e6 + 10**9)) < 2000
-    bus._held_lease(now - 1.3, int(now * 1e6) + 10**9)  # noqa: SLF001 - 1.3 s round trip, executed at its end
-    assert bus._redis_time_us(now) == good  # noqa: SLF001 - the slow sample is not taken
-    if bus._lease_timer is not None:  # noqa: SLF001
-        bus._lease_timer.cancel()  # noqa: SLF001
+    bus._held_lease(now - 1.3, int(now * 1e6) + 10**9)  # 1.3 s round trip, executed at its end
+    assert bus._redis_time_us(now) == good  # the slow sample is not taken
+    if bus._lease_timer is not None:
+        bus._lease_timer.cancel()

@@ -106,7 +106,7 @@ async def test_a_failed_handshake_fails_the_command_as_not_sent_and_releases_the
     target = parse(_url(fake, auth=mode == "auth-refused"))
     pipeline = Pipeline.fixed(Endpoint("127.0.0.1", fake.port), target, {"f" * 40: "return 1"}, timeout=TIMEOUT)
     try:
-        for attempt in range(3):  # each use connects again; none leaves a socket behind
+        for _attempt in range(3):  # each use connects again; none leaves a socket behind
             with pytest.raises(CommandNotSent):
                 await asyncio.wait_for(pipeline.call("GET", "k"), 5)
             await fake.all_closed()

@@ -73,6 +73,6 @@ def test_tls_options_build_the_context_redis_py_would(pki):
     assert len(t.tls.get_ca_certs()) == 1
     relaxed = parse("rediss+cluster://h:1?ssl_cert_reqs=none").tls
     assert relaxed is not None and relaxed.verify_mode == ssl.CERT_NONE and not relaxed.check_hostname
-    assert parse("rediss+sentinel://s:1/m?ssl_check_hostname=false").tls.check_hostname is False  # type: ignore[union-attr]
+    assert parse("rediss+sentinel://s:1/m?ssl_check_hostname=false").tls.check_hostname is False
     with pytest.raises(ConfigError, match="--redis-url"):
         Settings(redis_url="rediss://h/0?ssl_ca_certs=/no/such/ca.pem").check()

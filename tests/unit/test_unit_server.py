@@ -24,7 +24,7 @@ async def _nodelay_seen_by_handler() -> int:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001
+    port = site._server.sockets[0].getsockname()[1]
     try:
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/") as r:
             return int(await r.text())
