@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install install-test unit docs bench clean
+.PHONY: run test install install-test unit lint docs bench clean
 
 # what running needs, and on top of it what the tests need (each stamped: reinstalled when pyproject.toml changes)
 $(BIN)/signaling: pyproject.toml
@@ -31,6 +31,11 @@ test: install-test
 ## unit: the fast tests only (no servers, no sockets)
 unit: install-test
 	$(BIN)/pytest tests/unit tests/contract -q
+
+## lint: ruff and mypy --strict as configured in pyproject.toml; CI runs it before the tests
+lint: install-test
+	$(BIN)/ruff check signaling tests
+	$(BIN)/mypy
 
 ## docs: regenerate the README's configuration reference from signaling/config.py
 docs: install
