@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from . import protocol as p
-from .directory import Outcome, Result
+from .outcome import Outcome, Result
 from .protocol import CloseCode, ErrorCode, ProtocolError, ReceiptId
 from .quota import Limits, Quota
 

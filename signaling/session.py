@@ -32,9 +32,9 @@ from . import core
 from . import protocol as p
 from .auth import Identity
 from .bus import AttachRefused, BusUnavailable, LeaseLost
-from .directory import Attached, Outcome, Result
 from .inbox import ZERO, seq_key
 from .metrics import close_label
+from .outcome import Attached, Outcome, Result
 from .protocol import CloseCode
 from .quota import Snapshot
 

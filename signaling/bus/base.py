@@ -34,7 +34,7 @@ from __future__ import annotations
 import abc
 from typing import Protocol
 
-from ..directory import Attached, Result
+from ..outcome import Attached, Result
 from ..quota import Snapshot
 
 

@@ -9,7 +9,8 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 
-from ..directory import Attached, Delivery, Directory, Result
+from ..directory import Directory
+from ..outcome import Attached, Delivery, Result
 from ..quota import Snapshot
 from .base import Bus, BusUnavailable, Mailbox
 

@@ -48,8 +48,8 @@ from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import envelope
-from ..directory import Attached, Outcome, Result
 from ..inbox import TRIM_HORIZON, seq_key
+from ..outcome import Attached, Outcome, Result
 from ..protocol import room_event
 from ..quota import Snapshot
 from . import redis_scripts as lua

@@ -14,8 +14,8 @@ import pytest
 
 from signaling.bus import AttachRefused, Bus, BusUnavailable, LeaseLost
 from signaling.bus.memory import MemoryBus
-from signaling.directory import Outcome
 from signaling.inbox import parse_seq
+from signaling.outcome import Outcome
 
 GRACE = 0.3
 

@@ -216,7 +216,7 @@ async def test_scripts_flushed_under_the_bus_are_loaded_again(redis_server, key_
     import redis as redis_sync
 
     from signaling.bus.redis import RedisBus
-    from signaling.directory import Outcome
+    from signaling.outcome import Outcome
 
     class Box:
         def __init__(self):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import strategies
 from signaling.core import Broadcast, Close, JoinRoom, LeaveRoom, Limits, Peer, Reply, Send, room_allowed
-from signaling.directory import Outcome, Result
+from signaling.outcome import Outcome, Result
 from signaling.protocol import CloseCode
 from signaling.quota import StrikeMeter, TokenBucket
 

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from signaling.bus.memory import MemoryBus
-from signaling.directory import Delivery, Directory, Outcome
+from signaling.directory import Directory
 from signaling.inbox import parse_seq
+from signaling.outcome import Delivery, Outcome
 
 
 def make(grace: float = 10.0, limit: int = 100) -> Directory:
