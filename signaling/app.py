@@ -5,17 +5,15 @@ status and a JSON body: 503 while draining, when the node is full or when the bu
 down; 401 for auth; 400 for bad parameters; 426 for a plain HTTP request to /ws.
 
 Behind a proxy the socket's peer is the proxy; `X-Forwarded-For` / `X-Real-IP` name the
-client only when that peer is one of `--trusted-proxies` (see `client_address`).
+client only when that peer is one of `--trusted-proxies` (see proxies.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -23,138 +21,18 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from . import bus as buses
-from .auth import AuthError, Verifier, ice_servers
+from .auth import AuthError
 from .config import Settings
-from .connections import Connections
-from .expiry import Expiries
 from .inbox import parse_resume
 from .metrics import CONTENT_TYPE, Metrics
-from .protocol import CloseCode
-from .quota import Quotas
+from .node import Node
+from .proxies import client_address
 from .session import Session
 
 log = logging.getLogger("signaling.app")
 STATIC = Path(__file__).parent / "static"
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """An address as proxies write it: `1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]:5678`; else None."""
-    text = text.strip()
-    if text.startswith("["):
-        text = text[1:].partition("]")[0]
-    elif text.count(":") == 1:
-        text = text.partition(":")[0]
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
-def client_address(peer: str | None, forwarded_for: Iterable[str], real_ip: str | None,
-                   trusted: Sequence[Network]) -> str | None:
-    """The client's address: `peer` (the socket's), unless `peer` is a trusted proxy.
-
-    From a trusted proxy, `X-Forwarded-For` is read right to left and the first hop that
-    is not itself a trusted proxy is the client (what nginx's `real_ip_recursive on`
-    does), so a client cannot pose as another address by sending the header itself;
-    without that header, `X-Real-IP`. Anything unparsable stops the walk at the last
-    address a trusted proxy vouched for.
-    """
-    def is_trusted(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in trusted)
-
-    here = _ip(peer) if peer else None
-    if here is None or not trusted or not is_trusted(here):
-        return peer
-    hops = [hop for value in forwarded_for for hop in value.split(",") if hop.strip()]
-    if not hops:
-        vouched = _ip(real_ip) if real_ip else None
-        return str(vouched) if vouched is not None else peer
-    for hop in reversed(hops):
-        addr = _ip(hop)
-        if addr is None:
-            return str(here)
-        here = addr
-        if not is_trusted(addr):
-            return str(addr)
-    return str(here)  # every hop is a proxy of ours: the leftmost is as far as we can see
-
-
 CLIENT = web.RequestKey("client", str)  # the client's address after trusted proxies (for the logs)
-
-
-class Node:
-    """What every connection on this node shares."""
-
-    def __init__(self, settings: Settings, bus: buses.Bus, metrics: Metrics) -> None:
-        self.settings = settings
-        self.bus = bus
-        self.verifier = Verifier(settings)
-        self.metrics = metrics
-        self.limits = settings.limits
-        self.quotas = Quotas(self.limits, capacity=settings.max_connections)  # per peer id, see quota.py
-        self.sessions: set[Session] = set()  # connections on this node, upgraded or upgrading
-        # every TCP connection, counted from accept once server.py listens through it
-        self.connections = Connections(settings.max_connections, settings.connection_headroom,
-                                       settings.header_timeout, lambda why: metrics.rejected.labels(why).inc())
-        self.tasks: set[asyncio.Task[Any]] = set()  # handler tasks of those connections
-        self.cleanups: set[asyncio.Future[None]] = set()  # session endings still running (detach)
-        self.loop: asyncio.AbstractEventLoop | None = None  # once serving (get_running_loop() is a syscall)
-        metrics.connections.set_function(lambda: len(self.sessions))  # read at scrape time
-        self.draining = False
-        self.trusted_proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
-        self._static_ice = json.loads(settings.ice_servers)
-        self.expiries: Expiries[Session] = Expiries(
-            lambda session: session.close(CloseCode.TOKEN_EXPIRED, "token expired"), time.time)
-
-    @property
-    def ready(self) -> bool:
-        return self.bus.ready and not self.draining
-
-    def ice_servers(self, peer: str) -> list[dict[str, Any]]:
-        s = self.settings
-        return ice_servers(self._static_ice, s.turn_urls, s.turn_secret, s.turn_ttl, peer, time.time())
-
-    async def heartbeat_forever(self) -> None:
-        """Ticks every half `heartbeat`: see Session.tick."""
-        while True:
-            await asyncio.sleep(self.settings.heartbeat / 2)
-            for session in list(self.sessions):
-                session.tick()
-            self.quotas.prune(time.monotonic())
-
-    async def drain(self) -> None:
-        """Leave the load balancer (/readyz 503 and new upgrades refused with 503), wait
-        `drain_delay` seconds for it to notice while open connections carry on, then close
-        every socket with 1001, spread over `drain_window` seconds (so the clients do not
-        all reconnect at once), and wait for the sessions to end. Each peer enters its
-        grace and resumes wherever the load balancer sends it."""
-        self.draining = True
-        self.metrics.draining.set(1)
-        if self.settings.drain_delay:
-            log.info("draining: /readyz answers 503; first close in %.1fs", self.settings.drain_delay)
-            await asyncio.sleep(self.settings.drain_delay)
-        sessions = list(self.sessions)
-        log.info("draining %d connections over %.1fs", len(sessions), self.settings.drain_window)
-        step = self.settings.drain_window / len(sessions) if sessions else 0.0
-        for session in sessions:
-            session.close(CloseCode.DRAINING, "node draining; reconnect")
-            if step:
-                await asyncio.sleep(step)
-        pending = self.tasks | self.cleanups
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=15.0)
-            if late:
-                log.warning("draining: %d sessions still open after 15s", len(late))
-        if self.cleanups:
-            _, late = await asyncio.wait(set(self.cleanups), timeout=5.0)
-            if late:
-                log.warning("draining: %d session cleanups still running after 5s", len(late))
-        log.info("drained")
 
 
 NODE = web.AppKey("node", Node)

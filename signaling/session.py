@@ -39,7 +39,7 @@ from .protocol import CloseCode
 from .quota import Snapshot
 
 if TYPE_CHECKING:
-    from .app import Node
+    from .node import Node
 
 log = logging.getLogger("signaling.session")
 

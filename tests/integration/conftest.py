@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from signaling.app import NODE, Node, create_app
+from signaling.app import NODE, create_app
 from signaling.bus import Bus
 from signaling.config import Settings
+from signaling.node import Node
 from support import Client
 
 MakeNode = Callable[..., Awaitable[str]]

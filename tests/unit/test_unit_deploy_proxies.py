@@ -1,4 +1,4 @@
-"""Trusted proxies: which address is the client (signaling.app.client_address), and the
+"""Trusted proxies: which address is the client (signaling.proxies.client_address), and the
 settings that configure it and the drain."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import ipaddress
 
 import pytest
 
-from signaling.app import client_address
 from signaling.config import ConfigError, Settings, load
+from signaling.proxies import client_address
 
 TRUSTED = [ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8"),
            ipaddress.ip_network("fd00::/8")]
