@@ -2,8 +2,8 @@
 
 `Peer.receive(frame, now)` validates a client frame, applies the connection's rate
 limit, abuse meter and room grants, and returns what must happen as frozen effects:
-`Reply` (a frame back to this client), `Send` / `Broadcast` / `JoinRoom` /
-`LeaveRoom` (work for the bus), `Close`. The session performs them and feeds each bus
+`Reply` (a frame back to this client), `Send` / `Broadcast` / `protocol.Join` /
+`protocol.Leave` (work for the bus), `Close`. The session performs them and feeds each bus
 answer back through `Peer.settle(effect, result)`, which returns the receipt.
 """
 
@@ -46,25 +46,14 @@ class Broadcast:
 
 
 @dataclass(slots=True)
-class JoinRoom:
-    room: str
-    id: ReceiptId
-
-
-@dataclass(slots=True)
-class LeaveRoom:
-    room: str
-    id: ReceiptId
-
-
-@dataclass(slots=True)
 class Close:
     code: CloseCode
     reason: str
 
 
-Effect = Reply | Send | Broadcast | JoinRoom | LeaveRoom | Close
-BusWork = Send | Broadcast | JoinRoom | LeaveRoom
+# a join or leave the core accepts goes to the bus as it was parsed (protocol.Join / Leave)
+Effect = Reply | Send | Broadcast | p.Join | p.Leave | Close
+BusWork = Send | Broadcast | p.Join | p.Leave
 
 # -- limits -------------------------------------------------------------------------
 
@@ -120,10 +109,10 @@ class Peer:
         if isinstance(msg, p.Join):
             if not room_allowed(self.grants, msg.room):
                 return [self._error(ErrorCode.FORBIDDEN, f"the token does not allow room {msg.room!r}", msg.id)]
-            return [JoinRoom(msg.room, msg.id)]
+            return [msg]
         if msg.room not in self.rooms:  # Leave
             return [self._error(ErrorCode.NOT_IN_ROOM, f"not in room {msg.room!r}", msg.id)]
-        return [LeaveRoom(msg.room, msg.id)]
+        return [msg]
 
     def settle(self, work: BusWork, result: Result) -> list[Reply]:
         """The bus's answer to `work` -> the replies this client gets."""
@@ -137,14 +126,14 @@ class Peer:
                 return [self._error(ErrorCode.PEER_UNAVAILABLE, f"peer {work.to!r} is not connected", work.id)]
             self.rooms = self.rooms - {work.room}  # NOT_IN_ROOM, a broadcast's one other answer
             return [self._error(ErrorCode.NOT_IN_ROOM, f"not in room {work.room!r}", work.id)]
-        if isinstance(work, JoinRoom):
+        if isinstance(work, p.Join):
             if outcome is Outcome.OK:
                 self.rooms = self.rooms | {work.room}
                 return self._with_ack([Reply(p.joined(work.room, result.peers), "joined")], work.id)
             if outcome is Outcome.ROOM_FULL:
                 return [self._error(ErrorCode.ROOM_FULL, f"room {work.room!r} is full", work.id)]
             return [self._error(ErrorCode.FORBIDDEN, "in too many rooms; leave one first", work.id)]
-        # LeaveRoom
+        # a leave
         self.rooms = self.rooms - {work.room}
         if outcome is Outcome.OK:
             return self._with_ack([Reply(p.left(work.room), "left")], work.id)

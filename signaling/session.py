@@ -313,7 +313,7 @@ class Session:
             return bus.send(work.to, work.body, origin=(self.peer, self.epoch))
         if isinstance(work, core.Broadcast):
             return bus.broadcast(self.peer, work.room, work.body, epoch=self.epoch)
-        if isinstance(work, core.JoinRoom):
+        if isinstance(work, p.Join):
             s = self.node.settings
             return bus.join(self.peer, work.room, room_limit=s.room_limit, rooms_per_peer=s.rooms_per_peer,
                             epoch=self.epoch)

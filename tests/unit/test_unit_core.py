@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import strategies
-from signaling.core import Broadcast, Close, JoinRoom, LeaveRoom, Limits, Peer, Reply, Send, room_allowed
+from signaling.core import Broadcast, Close, Limits, Peer, Reply, Send, room_allowed
 from signaling.outcome import Outcome, Result
-from signaling.protocol import CloseCode
+from signaling.protocol import CloseCode, Join, Leave
 from signaling.quota import StrikeMeter, TokenBucket
 
 
@@ -82,7 +82,7 @@ def test_ping_with_id_replies_pong_then_ack():
 
 
 def test_join_becomes_join_room():
-    assert peer().receive(frame(type="join", room="r", id=2), 0) == [JoinRoom("r", 2)]
+    assert peer().receive(frame(type="join", room="r", id=2), 0) == [Join("r", 2)]
 
 
 def test_join_refused_by_grants_is_forbidden():
@@ -91,7 +91,7 @@ def test_join_refused_by_grants_is_forbidden():
 
 
 def test_join_allowed_by_prefix_grant():
-    assert peer(grants=["team-*"]).receive(frame(type="join", room="team-7"), 0) == [JoinRoom("team-7", None)]
+    assert peer(grants=["team-*"]).receive(frame(type="join", room="team-7"), 0) == [Join("team-7", None)]
 
 
 def test_leave_of_room_not_in_is_not_in_room_without_bus_work():
@@ -100,7 +100,7 @@ def test_leave_of_room_not_in_is_not_in_room_without_bus_work():
 
 
 def test_leave_of_joined_room_becomes_leave_room():
-    assert peer(rooms=["r"]).receive(frame(type="leave", room="r", id=4), 0) == [LeaveRoom("r", 4)]
+    assert peer(rooms=["r"]).receive(frame(type="leave", room="r", id=4), 0) == [Leave("r", 4)]
 
 
 # -- invalid input ---------------------------------------------------------------------
@@ -252,7 +252,7 @@ def test_broadcast_not_in_room_errors_and_forgets_room():
 
 def test_join_ok_replies_joined_then_ack_and_remembers_room():
     p = peer()
-    effects = p.settle(JoinRoom("r", 1), Result(Outcome.OK, peers=["b", "c"]))
+    effects = p.settle(Join("r", 1), Result(Outcome.OK, peers=["b", "c"]))
     assert [decoded(e) for e in effects] == [{"type": "joined", "room": "r", "peers": ["b", "c"]},
                                              {"type": "ack", "id": 1}]
     assert "r" in p.rooms
@@ -260,29 +260,29 @@ def test_join_ok_replies_joined_then_ack_and_remembers_room():
 
 
 def test_join_ok_without_id_has_no_ack():
-    assert [e.kind for e in peer().settle(JoinRoom("r", None), Result(Outcome.OK))] == ["joined"]
+    assert [e.kind for e in peer().settle(Join("r", None), Result(Outcome.OK))] == ["joined"]
 
 
 def test_join_room_full():
     p = peer()
-    assert error_codes(p.settle(JoinRoom("r", 1), Result(Outcome.ROOM_FULL))) == ["room-full"]
+    assert error_codes(p.settle(Join("r", 1), Result(Outcome.ROOM_FULL))) == ["room-full"]
     assert "r" not in p.rooms
 
 
 def test_join_too_many_rooms_is_forbidden():
-    assert error_codes(peer().settle(JoinRoom("r", 1), Result(Outcome.TOO_MANY_ROOMS))) == ["forbidden"]
+    assert error_codes(peer().settle(Join("r", 1), Result(Outcome.TOO_MANY_ROOMS))) == ["forbidden"]
 
 
 def test_leave_ok_replies_left_then_ack_and_forgets_room():
     p = peer(rooms=["r"])
-    effects = p.settle(LeaveRoom("r", "L"), Result(Outcome.OK))
+    effects = p.settle(Leave("r", "L"), Result(Outcome.OK))
     assert [decoded(e) for e in effects] == [{"type": "left", "room": "r"}, {"type": "ack", "id": "L"}]
     assert p.rooms == set()
 
 
 def test_leave_not_in_room_errors_and_forgets_room():
     p = peer(rooms=["r"])
-    assert error_codes(p.settle(LeaveRoom("r", None), Result(Outcome.NOT_IN_ROOM))) == ["not-in-room"]
+    assert error_codes(p.settle(Leave("r", None), Result(Outcome.NOT_IN_ROOM))) == ["not-in-room"]
     assert p.rooms == set()
 
 
@@ -291,7 +291,7 @@ def test_error_replies_carry_code_for_metrics():
     assert (eff.kind, eff.code) == ("error", "peer-unavailable")
 
 
-@pytest.mark.parametrize("work", [SEND, BCAST, JoinRoom("r", "j"), LeaveRoom("r", None)])
+@pytest.mark.parametrize("work", [SEND, BCAST, Join("r", "j"), Leave("r", None)])
 def test_unavailable_is_unavailable_error_with_id(work):
     [eff] = peer().unavailable(work)
     body = decoded(eff)
