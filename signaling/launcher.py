@@ -35,7 +35,9 @@ from typing import IO, Any
 
 import aiohttp
 
-NGINX_DIR = Path(__file__).resolve().parent.parent / "nginx"  # the checkout's nginx/
+# the templates: inside an installed package (pyproject ships nginx/ as signaling/nginx), or the checkout's
+_HERE = Path(__file__).resolve().parent
+NGINX_DIR = next((d for d in (_HERE / "nginx", _HERE.parent / "nginx") if (d / "templates").is_dir()), _HERE / "nginx")
 TEMPLATE_SUFFIX = ".template"
 TLS_TEMPLATE = "signaling-tls.conf.template"
 _VARIABLE = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
@@ -69,7 +71,7 @@ def render_nginx(dest: Path, values: Mapping[str, str], *, tls: bool = True, sou
     kept; the HTTPS server only with `tls`). Returns the path of the main config."""
     templates = source / "templates"
     if not templates.is_dir():
-        raise LaunchError(f"no nginx templates at {templates} (run from a checkout, or pass nginx_dir)")
+        raise LaunchError(f"no nginx templates at {templates} (the package was installed without signaling/nginx)")
     conf_d = dest / "conf.d"
     for path in sorted(templates.rglob(f"*{TEMPLATE_SUFFIX}")):
         if path.name == TLS_TEMPLATE and not tls:

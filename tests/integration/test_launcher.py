@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import ssl
@@ -34,8 +35,9 @@ async def gone(pids, timeout: float = 10.0) -> list[int]:
     return [p for p in pids if alive(p)]
 
 
-async def start_cli(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "signaling", "cluster", *args], cwd=ROOT, text=True,
+async def start_cli(*args: str, cwd: Path = ROOT,
+                    env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], list[str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "signaling", "cluster", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines: list[str] = []
     deadline = time.monotonic() + 30
@@ -149,3 +151,37 @@ def test_render_refuses_missing_variables_and_missing_templates(tmp_path):
         render_template("${A} ${B}", {"A": "1"})
     with pytest.raises(LaunchError, match="templates"):
         render_nginx(tmp_path / "out", {}, source=tmp_path / "no-such-dir")
+
+
+@pytest.mark.slow
+async def test_cli_runs_from_an_installed_wheel_outside_the_checkout(tmp_path):
+    # the nginx templates ship inside the package (signaling/nginx): nothing is read from the checkout
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(tmp_path / "dist"), str(ROOT)], check=True, timeout=300)
+    site = tmp_path / "site"
+    wheel = next((tmp_path / "dist").glob("signaling-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
+                    str(wheel)], check=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import signaling.launcher as l; print(l.__file__, l.NGINX_DIR)"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert all(Path(p).is_relative_to(site) for p in where), where
+    proc, lines = await start_cli("--nodes", "2", "--port", "0", cwd=tmp_path, env=env)
+    try:
+        text = "\n".join(lines)
+        endpoint = re.search(r"^endpoint: (ws://127\.0\.0\.1:\d+)/ws$", text, re.M).group(1)
+        pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
+        alice = await Client.connect(endpoint, peer="alice")
+        bob = await Client.connect(endpoint, peer="bob")
+        await alice.send(type="message", to="bob", data="from a wheel", id=1)
+        await alice.expect("ack", id=1)
+        await bob.expect("message", data="from a wheel")
+        await alice.close()
+        await bob.close()
+        proc.send_signal(signal.SIGTERM)
+        rest = await asyncio.to_thread(proc.communicate, timeout=30)
+        assert proc.returncode == 0, rest
+        assert await gone(pids) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
