@@ -42,20 +42,16 @@ GC_THRESHOLDS = (10_000, 10, 10)
 
 
 def tune_gc() -> None:
-    """A node holds ~100 container objects per connection, and CPython's default
-    (collect the young generation every 700 allocations, escalating from there) then
-    spends about half the CPU of a connection storm in the collector: measured 476
-    µs/connection at 6,000 connections, 288 µs with these thresholds. Cyclic garbage
-    is still collected, in bigger, rarer batches. (No gc.freeze(): with start-up's
-    objects out of the count, CPython's rule that a full collection waits until a
-    quarter of the long-lived objects are new fires far more often: 421 µs.)"""
+    """Collect the young generation every 10,000 allocations, not 700: a node holds ~100
+    container objects per connection, and the default spent about half of a connection
+    storm's CPU in the collector (bench/results/tuning.md). Cyclic garbage is still
+    collected, in bigger, rarer batches."""
     gc.set_threshold(*GC_THRESHOLDS)
 
 
 def skip_redundant_nodelay() -> None:
-    """aiohttp sets TCP_NODELAY on every connection it accepts: a getsockname and a
-    setsockopt syscall, 3.5 % of a connection's CPU in a connect storm. asyncio's and
-    uvloop's TCP transports have set it already (tests/unit/test_unit_server.py checks)."""
+    """aiohttp sets TCP_NODELAY on every connection it accepts, two syscalls that asyncio's
+    and uvloop's TCP transports have made already (tests/unit/test_unit_server.py checks)."""
     import aiohttp.base_protocol as proto
 
     proto.tcp_nodelay = lambda transport, value: None  # type: ignore[attr-defined]  # not exported; patched where called

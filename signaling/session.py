@@ -196,8 +196,8 @@ class Session:
             log.exception("session of %s failed", self.peer)
             self.close(CloseCode.INTERNAL, "internal error")
         finally:
-            # aiohttp cancels the handler once the client is gone; the peer's detach must
-            # still happen, so it runs in a task of its own that the cancel cannot reach
+            # the peer's detach must happen even if this handler is cancelled (a shutdown),
+            # so it runs in a task of its own that a cancel cannot reach
             cleanup = asyncio.ensure_future(self._finish())
             self.node.cleanups.add(cleanup)
             cleanup.add_done_callback(self.node.cleanups.discard)

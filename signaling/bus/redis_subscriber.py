@@ -4,8 +4,8 @@ The Redis bus holds one `Subscriber` (a single Redis) or one per primary (Redis
 Cluster, where channels are sharded: SSUBSCRIBE on the primary that owns the
 channel's slot). The connection is a raw asyncio protocol with a hiredis reader: each
 chunk Redis sends is parsed in C and every message in it is handed to `on_message`
-right there, in order, with no await between (this was a third of a node's CPU with
-redis-py's `PubSub.get_message` loop).
+right there, in order, with no await between (no task or timeout per message:
+bench/results/tuning.md).
 
 A subscription returns once Redis has confirmed it, so a message published after
 `subscribe()` returns is never missed. When the connection drops (or a PING goes
