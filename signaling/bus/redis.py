@@ -288,7 +288,7 @@ class RedisBus(Bus):
         """Redis's clock when a handshake began (`started`, monotonic). A handshake that began
         after the last one converted is never placed before it: a lease reply that corrects the
         estimate of Redis's clock backwards between two attaches would otherwise order them
-        the wrong way round, and the later one was refused as older (a contract test, once)."""
+        the wrong way round, and the later one would be refused as older."""
         began = self._redis_time_us(started)
         if started > self._last_started:
             began = max(began, self._last_began + 1)
@@ -303,10 +303,9 @@ class RedisBus(Bus):
             return  # granted, but too late to use: the next step takes a new one
         # Redis read its clock between `sent` and `received`: the midpoint is at most half a
         # round trip off, so a sample is taken only from a round trip no slower than the one
-        # the estimate came from (a reply held up by a stalled link put it 0.65 s ahead, and an
-        # abandoned handshake then looked newer than the client's next one); the bar eases 10 %
-        # a lease so the estimate can follow drift. Kept while it moves less than OFFSET_JITTER,
-        # so the handshakes of this node are ordered by its monotonic clock alone (see attach)
+        # the estimate came from (a reply held up by a stalled link would put it far ahead);
+        # the bar eases 10 % a lease so the estimate can follow drift. Kept while it moves less
+        # than OFFSET_JITTER, so this node's handshakes are ordered by its monotonic clock alone
         rtt = received - sent
         if not self._offset_rtt or rtt <= self._offset_rtt:
             offset = redis_us - (sent + received) / 2 * 1e6
