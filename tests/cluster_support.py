@@ -270,3 +270,21 @@ class StreamReport:
         for d in self.delivered:
             first.setdefault(d.n, d.at)
         return max((first[n] - sent_at[n] for n in first if n in sent_at), default=0.0)
+
+
+async def stream_reports(peers: list[AppPeer], partner: dict[str, str], sent: dict[str, int],
+                         timeout: float = 10.0) -> dict[str, StreamReport]:
+    """Once talking stopped: wait (at most `timeout`) for every acked message to reach its
+    recipient, close the peers, and report each sender's stream as its partner got it."""
+    by_id = {p.peer: p for p in peers}
+
+    def got(sender: str) -> int:
+        return len({d.n for d in by_id[partner[sender]].deliveries if d.sender == sender})
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(got(s) < n for s, n in sent.items()):
+        await asyncio.sleep(0.05)
+    for p in peers:
+        await p.close()
+    return {s: StreamReport(n, [d for d in by_id[partner[s]].deliveries if d.sender == s], by_id[s].resent)
+            for s, n in sent.items()}

@@ -11,7 +11,7 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from cluster_support import AppPeer, StreamReport
+from cluster_support import AppPeer, stream_reports
 from signaling.launcher import LocalCluster
 from support import Client
 
@@ -76,16 +76,8 @@ async def test_rolling_restart_under_traffic_loses_nothing_and_duplicates_nothin
         finally:
             stop.set()
             sent = dict(zip((p.peer for p in peers), await asyncio.gather(*talkers), strict=True))
-        # every acked message reaches its recipient: wait for the tails to arrive
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(
-                len({d.n for d in by_id[partner[s]].deliveries if d.sender == s}) < n for s, n in sent.items()):
-            await asyncio.sleep(0.05)
-        for p in peers:
-            await p.close()
+        reports = await stream_reports(peers, partner, sent)  # every acked message reaches its recipient
 
-    reports = {s: StreamReport(n, [d for d in by_id[partner[s]].deliveries if d.sender == s], by_id[s].resent)
-               for s, n in sent.items()}
     total = sum(sent.values())
     lost = sum(len(r.lost) for r in reports.values())
     seq_repeats = sum(r.seq_repeats for r in reports.values())

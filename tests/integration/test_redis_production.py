@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cluster_support import AppPeer, StreamReport
+from cluster_support import AppPeer, StreamReport, stream_reports
 from support import NodeProcess
 
 FAST = ["--rate", "10000", "--burst", "10000", "--grace", "30"]
@@ -37,7 +37,6 @@ async def _under_traffic(nodes: list[NodeProcess], event: Callable[[], Any], *, 
     async with aiohttp.ClientSession() as http:
         peers = [await AppPeer(nodes[i % 2].ws_base, f"p{i}", http).start() for i in range(2 * pairs)]
         partner = {p.peer: peers[i ^ 1].peer for i, p in enumerate(peers)}
-        by_id = {p.peer: p for p in peers}
         stop = asyncio.Event()
         talkers = [asyncio.create_task(p.talk(partner[p.peer], stop, 0.01)) for p in peers]
         try:
@@ -49,14 +48,7 @@ async def _under_traffic(nodes: list[NodeProcess], event: Callable[[], Any], *, 
             stop.set()
             sent = dict(zip(partner, await asyncio.wait_for(asyncio.gather(*talkers), 60), strict=True))
         last_ack = max(p.sent_at.get(p.last_acked, 0.0) for p in peers) - done
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(
-                len({d.n for d in by_id[partner[s]].deliveries if d.sender == s}) < n for s, n in sent.items()):
-            await asyncio.sleep(0.05)
-        for p in peers:
-            await p.close()
-    reports = {s: StreamReport(n, [d for d in by_id[partner[s]].deliveries if d.sender == s], by_id[s].resent)
-               for s, n in sent.items()}
+        reports = await stream_reports(peers, partner, sent)
     return reports, last_ack, result
 
 
@@ -139,54 +131,35 @@ async def test_a_user_without_a_command_the_node_needs_is_reported(redis_acl, ke
         node.stop()
 
 
-async def test_a_sentinel_failover_under_traffic_loses_nothing_acked(redis_sentinel, key_prefix, tmp_path, connect):
-    nodes = _nodes(redis_sentinel.url_for(key_prefix), key_prefix, tmp_path, "--redis-replicas", "1")
-    try:
-        for node in nodes:
-            await node.wait_ready()
-        old = redis_sentinel.primary()
-        reports, last_ack, new = await _under_traffic(nodes, redis_sentinel.failover)
-        assert new != old
-        _check(reports, f"SENTINEL FAILOVER {old} -> {new}")
-        assert last_ack > 1.0, "no message was acked well after the failover"
-        for node in nodes:
-            await node.wait_ready(5)
-        await _relay_once(nodes, connect)
-    finally:
-        for node in nodes:
-            node.stop()
+def _sentinel_failover(topology: Any, prefix: str) -> tuple[str, Callable[[], Any], Callable[[], Any]]:
+    return "SENTINEL FAILOVER", topology.failover, lambda: None
 
 
-async def test_the_sentinel_primary_killed_under_traffic_loses_nothing_acked(redis_sentinel, key_prefix, tmp_path,
-                                                                             connect):
-    nodes = _nodes(redis_sentinel.url_for(key_prefix), key_prefix, tmp_path, "--redis-replicas", "1")
-    try:
-        for node in nodes:
-            await node.wait_ready()
-        reports, last_ack, killed = await _under_traffic(nodes, redis_sentinel.kill_primary, after=3.0)
-        _check(reports, f"primary {killed} SIGKILLed, the replica promoted by the sentinels")
-        assert last_ack > 1.0, "no message was acked well after the failover"
-        for node in nodes:
-            await node.wait_ready(10)
-        await _relay_once(nodes, connect)
-    finally:
-        for node in nodes:
-            node.stop()
-        redis_sentinel.revive()
+def _sentinel_primary_killed(topology: Any, prefix: str) -> tuple[str, Callable[[], Any], Callable[[], Any]]:
+    return "the Sentinel primary SIGKILLed", topology.kill_primary, topology.revive
+
+
+def _cluster_primary_killed(topology: Any, prefix: str) -> tuple[str, Callable[[], Any], Callable[[], Any]]:
+    victim = topology.primary_of(f"{prefix}:{{p:p1}}")  # p1's inbox is on it
+    return f"cluster primary {victim.port} SIGKILLed", lambda: topology.kill_primary(victim.port), topology.revive
 
 
 @pytest.mark.slow
-async def test_a_cluster_primary_killed_under_traffic_with_credentials_and_tls_loses_nothing_acked(
-        redis_cluster_secure, key_prefix, tmp_path, connect):
-    nodes = _nodes(redis_cluster_secure.url_for(key_prefix), key_prefix, tmp_path, "--redis-replicas", "1",
-                   "--node-ttl", "6")
+@pytest.mark.parametrize("fixture, failure, extra", [
+    ("redis_sentinel", _sentinel_failover, ()),
+    ("redis_sentinel", _sentinel_primary_killed, ()),
+    ("redis_cluster_secure", _cluster_primary_killed, ("--node-ttl", "6")),  # with ACL and TLS
+], ids=["sentinel-failover", "sentinel-primary-killed", "cluster-primary-killed"])
+async def test_a_failover_under_traffic_loses_nothing_acked(fixture, failure, extra, request, key_prefix, tmp_path,
+                                                            connect):
+    topology = request.getfixturevalue(fixture)
+    what, event, restore = failure(topology, key_prefix)
+    nodes = _nodes(topology.url_for(key_prefix), key_prefix, tmp_path, "--redis-replicas", "1", *extra)
     try:
         for node in nodes:
             await node.wait_ready()
-        victim = redis_cluster_secure.primary_of(f"{key_prefix}:{{p:p1}}")  # p1's inbox is on it
-        reports, last_ack, _ = await _under_traffic(nodes, lambda: redis_cluster_secure.kill_primary(victim.port),
-                                                    after=3.0)
-        _check(reports, f"cluster primary {victim.port} SIGKILLed")
+        reports, last_ack, _ = await _under_traffic(nodes, event, after=3.0)
+        _check(reports, what)
         assert last_ack > 1.0, "no message was acked well after the failover"
         for node in nodes:
             await node.wait_ready(10)
@@ -194,4 +167,4 @@ async def test_a_cluster_primary_killed_under_traffic_with_credentials_and_tls_l
     finally:
         for node in nodes:
             node.stop()
-        redis_cluster_secure.revive()
+        restore()
