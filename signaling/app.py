@@ -124,6 +124,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             # (not `ws`: aiohttp would finish it as an upgrade that never began; writing this
             # one fails quietly on the closed socket)
             return _json_error(503, "unavailable", "the client left before its upgrade was answered")
+        session.upgraded(request.transport)
         await session.run(resume, started)
     finally:
         node.sessions.discard(session)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 import time
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
@@ -32,6 +31,7 @@ from . import core
 from . import protocol as p
 from .auth import Identity
 from .bus import AttachRefused, BusUnavailable, LeaseLost
+from .frames import PING, PING_FRAME, PONG, control_frame, text_frame
 from .inbox import ZERO, seq_key
 from .metrics import close_label
 from .outcome import Attached, Outcome, Result
@@ -44,24 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("signaling.session")
 
 _FINAL_CLOSES = frozenset({CloseCode.POLICY, CloseCode.TOO_BIG})
-
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, uncompressed WebSocket text frame (RFC 6455 §5.2), as a server sends."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
-
-
-def control_frame(opcode: int, payload: bytes) -> bytes:
-    """A control frame (ping 0x89, pong 0x8A): at most 125 bytes of payload."""
-    return bytes((opcode, len(payload))) + payload
-
-
-PING_FRAME = control_frame(0x89, b"")
 
 
 def _close_code(code: int) -> CloseCode | int:
@@ -165,7 +147,7 @@ class Session:
                         await self._confirmed(self._ping_seq)
                     continue
                 elif msg.type is WSMsgType.PING:
-                    self._write_frame(control_frame(0x8A, msg.data))  # pong, echoing its payload
+                    self._write_frame(control_frame(PONG, msg.data))  # pong, echoing its payload
                     continue
                 else:
                     if msg.type is WSMsgType.CLOSE and self._closing is None:
@@ -348,11 +330,11 @@ class Session:
         confirm = None if written is None or written == self._trimmed_to or self._ping_seq is not None else written
         if self.heard:
             self.heard = self.pinged = False
-            if confirm is not None and self._write_frame(control_frame(0x89, confirm.encode())):
+            if confirm is not None and self._write_frame(control_frame(PING, confirm.encode())):
                 self._ping_seq = confirm
         elif not self.pinged:
             if confirm is not None:
-                self.pinged = self._write_frame(control_frame(0x89, confirm.encode()))
+                self.pinged = self._write_frame(control_frame(PING, confirm.encode()))
                 self._ping_seq = confirm if self.pinged else None
             else:
                 self.pinged = self._write_frame(PING_FRAME)
@@ -362,6 +344,11 @@ class Session:
             if self._transport is not None:
                 self._transport.abort()  # the read loop ends; ws.close_code is 1006
 
+    def upgraded(self, transport: asyncio.Transport | None) -> None:
+        """The 101 went out: frames are written straight to the request's transport from now
+        (aiohttp's writer would copy and lock for each; ours are prebuilt, uncompressed)."""
+        self._transport = transport
+
     def _write(self, payload: bytes) -> bool:
         """Write one text frame now; False if the connection cannot take it."""
         return self._write_frame(text_frame(payload))
@@ -370,9 +357,6 @@ class Session:
         if self._stopped:
             return False
         transport = self._transport
-        if transport is None:
-            req = self.ws._req  # noqa: SLF001 - the socket under the WebSocket, once prepared
-            transport = self._transport = req.transport if req is not None else None
         if transport is None or transport.is_closing():
             return False
         transport.write(frame)
