@@ -339,3 +339,43 @@ async def join_all(clients: list[Client], room: str = "r") -> None:
         await client.expect("joined", room=room)
         for earlier in clients[:i]:
             await earlier.expect("peer-joined", room=room, peer=client.peer)
+
+
+class RecordingMailbox:
+    """A bus Mailbox for tests: records each delivery and what happened to the connection.
+    `decode`: bodies parsed as JSON (else the bytes); `lost_is_error`: the bus calling
+    `lost()` fails the test (where nothing may be missed)."""
+
+    def __init__(self, *, decode: bool = True, lost_is_error: bool = True) -> None:
+        self.decode, self.lost_is_error = decode, lost_is_error
+        self.got: list[tuple[str, Any]] = []  # (seq, body)
+        self.was_replaced = self.was_lost = self.was_fenced = False
+        self.arrived = asyncio.Event()
+
+    @property
+    def bodies(self) -> list[Any]:
+        return [body for _, body in self.got]
+
+    def deliver(self, seq: str, body: bytes) -> None:
+        self.got.append((seq, json.loads(body) if self.decode else body))
+        self.arrived.set()
+
+    def replaced(self) -> None:
+        self.was_replaced = True
+
+    def lost(self) -> None:
+        self.was_lost = True
+        if self.lost_is_error:
+            raise AssertionError("the bus lost messages")
+
+    def fenced(self) -> None:
+        self.was_fenced = True
+
+    async def wait(self, n: int, timeout: float = 2.0) -> list[Any]:
+        """The first `n` bodies, once they have arrived (TimeoutError otherwise)."""
+        async def enough() -> None:
+            while len(self.got) < n:
+                self.arrived.clear()
+                await self.arrived.wait()
+        await asyncio.wait_for(enough(), timeout)
+        return self.bodies

@@ -16,39 +16,9 @@ from signaling.bus import AttachRefused, Bus, BusUnavailable, LeaseLost
 from signaling.bus.memory import MemoryBus
 from signaling.inbox import parse_seq
 from signaling.outcome import Outcome
+from support import RecordingMailbox as Box
 
 GRACE = 0.3
-
-
-class Box:
-    """A Mailbox that records what it gets."""
-
-    def __init__(self) -> None:
-        self.got: list[tuple[str, dict]] = []
-        self.was_replaced = False
-        self.was_fenced = False
-        self.arrived = asyncio.Event()
-
-    def deliver(self, seq: str, body: bytes) -> None:
-        self.got.append((seq, json.loads(body)))
-        self.arrived.set()
-
-    def replaced(self) -> None:
-        self.was_replaced = True
-
-    def lost(self) -> None:
-        raise AssertionError("the bus lost messages")
-
-    def fenced(self) -> None:
-        self.was_fenced = True
-
-    async def wait(self, n: int, timeout: float = 2.0) -> list[dict]:
-        async def enough() -> None:
-            while len(self.got) < n:
-                self.arrived.clear()
-                await self.arrived.wait()
-        await asyncio.wait_for(enough(), timeout)
-        return [body for _, body in self.got]
 
 
 def memory_bus(request: pytest.FixtureRequest) -> Bus:

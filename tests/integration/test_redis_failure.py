@@ -9,7 +9,7 @@ import time
 import aiohttp
 import pytest
 
-from support import NodeProcess, RedisServer, join_all
+from support import NodeProcess, RecordingMailbox, RedisServer, join_all
 
 
 @pytest.fixture
@@ -218,31 +218,18 @@ async def test_scripts_flushed_under_the_bus_are_loaded_again(redis_server, key_
     from signaling.bus.redis import RedisBus
     from signaling.outcome import Outcome
 
-    class Box:
-        def __init__(self):
-            self.got = []
-
-        def deliver(self, seq, body):
-            self.got.append(body)
-
-        def replaced(self):
-            pass
-
-        def lost(self):
-            pass
-
     bus = RedisBus(redis_server.url, node_id="n1", grace=5, inbox_limit=10, prefix=key_prefix)
     await bus.start()
     try:
-        box = Box()
+        box = RecordingMailbox(decode=False, lost_is_error=False)
         await bus.attach("bob", box)
         assert (await bus.send("bob", b'{"type":"message","data":1}')).outcome is Outcome.DELIVERED
         redis_sync.Redis.from_url(redis_server.url).script_flush()
         assert (await bus.send("bob", b'{"type":"message","data":2}')).outcome is Outcome.DELIVERED
         for _ in range(50):
-            if len(box.got) == 2:
+            if len(box.bodies) == 2:
                 break
             await asyncio.sleep(0.02)
-        assert box.got == [b'{"type":"message","data":1}', b'{"type":"message","data":2}']
+        assert box.bodies == [b'{"type":"message","data":1}', b'{"type":"message","data":2}']
     finally:
         await bus.close()

@@ -13,6 +13,7 @@ from signaling.bus.memory import MemoryBus
 from signaling.directory import Directory
 from signaling.inbox import parse_seq
 from signaling.outcome import Delivery, Outcome
+from support import RecordingMailbox
 
 
 def make(grace: float = 10.0, limit: int = 100) -> Directory:
@@ -704,17 +705,6 @@ def test_heap_expiry_does_what_the_scan_did(script):
 
 # -- the memory bus: one timer for every grace -------------------------------------------
 
-class Box:
-    def __init__(self) -> None:
-        self.got: list[dict] = []
-
-    def deliver(self, seq: str, body: bytes) -> None:
-        self.got.append(orjson.loads(body))
-
-    def replaced(self) -> None:
-        pass
-
-
 @pytest.fixture
 async def armed(monkeypatch):
     """armed() -> how many timers the loop has that are neither run nor cancelled."""
@@ -746,14 +736,14 @@ async def wait_until(condition, timeout: float = 5.0) -> None:
 async def test_memory_bus_mass_disconnect_arms_one_timer_and_every_peer_leaves(armed):
     now = [0.0]
     bus = MemoryBus(node_id="n", grace=0.05, inbox_limit=100, clock=lambda: now[0])
-    mates = {f"r{j}": Box() for j in range(200)}
+    mates = {f"r{j}": RecordingMailbox() for j in range(200)}
     for room, box in mates.items():
         await bus.attach(f"mate-{room}", box)
         await bus.join(f"mate-{room}", room, room_limit=20, rooms_per_peer=1)
     epochs = {}
     for i in range(2000):
         peer = f"p{i}"
-        epochs[peer] = (await bus.attach(peer, Box())).epoch
+        epochs[peer] = (await bus.attach(peer, RecordingMailbox())).epoch
         await bus.join(peer, f"r{i % 200}", room_limit=20, rooms_per_peer=1)
     for box in mates.values():
         box.got.clear()
@@ -762,9 +752,9 @@ async def test_memory_bus_mass_disconnect_arms_one_timer_and_every_peer_leaves(a
         await bus.detach(peer, epoch, final=False)
     assert armed() == 1
     now[0] = 1.0
-    await wait_until(lambda: all(len(box.got) == 10 for box in mates.values()))
-    assert sorted(ev["peer"] for box in mates.values() for ev in box.got) == sorted(epochs)
-    assert all(ev["type"] == "peer-left" for box in mates.values() for ev in box.got)
+    await wait_until(lambda: all(len(box.bodies) == 10 for box in mates.values()))
+    assert sorted(ev["peer"] for box in mates.values() for ev in box.bodies) == sorted(epochs)
+    assert all(ev["type"] == "peer-left" for box in mates.values() for ev in box.bodies)
     assert sorted(bus.directory.peers) == sorted(f"mate-{room}" for room in mates)
     assert armed() == 0 and bus.directory.next_deadline() is None
     await bus.close()
@@ -773,10 +763,10 @@ async def test_memory_bus_mass_disconnect_arms_one_timer_and_every_peer_leaves(a
 async def test_memory_bus_rearms_for_the_next_deadline_after_a_fire(armed):
     now = [0.0]
     bus = MemoryBus(node_id="n", grace=0.05, inbox_limit=100, clock=lambda: now[0])
-    mate = Box()
+    mate = RecordingMailbox()
     await bus.attach("m", mate)
     await bus.join("m", "r", room_limit=10, rooms_per_peer=1)
-    a, b = await bus.attach("a", Box()), await bus.attach("b", Box())
+    a, b = await bus.attach("a", RecordingMailbox()), await bus.attach("b", RecordingMailbox())
     await bus.join("a", "r", room_limit=10, rooms_per_peer=1)
     await bus.join("b", "r", room_limit=10, rooms_per_peer=1)
     mate.got.clear()
@@ -784,20 +774,20 @@ async def test_memory_bus_rearms_for_the_next_deadline_after_a_fire(armed):
     now[0] = 0.03
     await bus.detach("b", b.epoch, final=False)  # ends at 0.08: the timer stays
     assert armed() == 1
-    await bus.attach("a", Box())  # a is back: the timer fires for nothing and waits for b
+    await bus.attach("a", RecordingMailbox())  # a is back: the timer fires for nothing and waits for b
     now[0] = 0.06
     await asyncio.sleep(0.1)
-    assert mate.got == [] and armed() == 1
+    assert mate.bodies == [] and armed() == 1
     now[0] = 0.2
-    await wait_until(lambda: mate.got)
-    assert mate.got == [{"type": "peer-left", "room": "r", "peer": "b"}]
+    await wait_until(lambda: mate.bodies)
+    assert mate.bodies == [{"type": "peer-left", "room": "r", "peer": "b"}]
     assert bus.directory.owner("a") is not None and armed() == 0
     await bus.close()
 
 
 async def test_memory_bus_close_cancels_the_timer(armed):
     bus = MemoryBus(node_id="n", grace=60, inbox_limit=100)
-    a = await bus.attach("a", Box())
+    a = await bus.attach("a", RecordingMailbox())
     await bus.detach("a", a.epoch, final=False)
     assert armed() == 1
     await bus.close()

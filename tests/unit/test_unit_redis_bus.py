@@ -6,21 +6,7 @@ import pytest
 
 from signaling import envelope
 from signaling.bus.redis import RedisBus, _Local
-
-
-class Box:
-    def __init__(self) -> None:
-        self.got: list[tuple[str, bytes]] = []
-        self.was_lost = False
-
-    def deliver(self, seq: str, body: bytes) -> None:
-        self.got.append((seq, body))
-
-    def replaced(self) -> None:
-        raise AssertionError("not expected")
-
-    def lost(self) -> None:
-        self.was_lost = True
+from support import RecordingMailbox
 
 
 def test_envelope_round_trip_and_version_check():
@@ -46,7 +32,7 @@ def test_prefix_is_checked():
 
 
 async def _registered_with_inbox(redis_server, key_prefix, entries: int, trimmed: str | None,
-                                 last: int) -> tuple[RedisBus, Box, list[str]]:
+                                 last: int) -> tuple[RedisBus, RecordingMailbox, list[str]]:
     """A started bus whose live connection of bob (epoch 7) was handed ids[last]; Redis
     has `entries` inbox entries for bob (inbox limit 10)."""
     import redis.asyncio as aioredis
@@ -58,7 +44,7 @@ async def _registered_with_inbox(redis_server, key_prefix, entries: int, trimmed
         ids = [(await r.xadd(inbox, {"b": f"m{i}".encode(), "k": b""})).decode() for i in range(entries)]
         await r.hset(state, mapping={"epoch": 7, "node": "n1", "connected": 1,
                                      **({"trimmed": trimmed} if trimmed else {})})
-    box = Box()
+    box = RecordingMailbox(decode=False, lost_is_error=False)
     bus._local["bob"] = [_Local(box, "bob", epoch=7, last_seq=ids[last])]
     return bus, box, ids
 
@@ -147,7 +133,8 @@ async def test_registering_again_after_redis_lost_everything_puts_the_peer_back_
     try:
         state, inbox, rooms, _ = bus._peer_keys("carol")
         assert await bus._eval("REGISTER", [state, inbox, rooms], [7, "n1", "5-0", 10, "r1"]) == [2]
-        bus._local["bob"] = [_Local(Box(), "bob", epoch=7, last_seq="5-0", rooms=frozenset({"r1", "r2"}))]
+        box = RecordingMailbox(decode=False, lost_is_error=False)
+        bus._local["bob"] = [_Local(box, "bob", epoch=7, last_seq="5-0", rooms=frozenset({"r1", "r2"}))]
         bus._lease_until = time.monotonic() - 0.001  # lapsed mid-round
         await bus._register_again()  # Redis has nothing of bob: restored
         state, _, rooms, _ = bus._peer_keys("bob")
@@ -173,9 +160,9 @@ async def test_a_recent_resume_that_finds_nothing_tells_every_node_that_redis_lo
         await bus.start()
     try:
         first, other = nodes
-        await first.attach("old", Box(), resume="1000-0")  # long expired: no evidence
+        await first.attach("old", RecordingMailbox(lost_is_error=False), resume="1000-0")  # long expired: no evidence
         assert (await first.send("nobody", b"{}")).outcome.value == "no-peer"
-        await first.attach("bob", Box(), resume=f"{int(time.time() * 1000) - 2000}-0")
+        await first.attach("bob", RecordingMailbox(lost_is_error=False), resume=f"{int(time.time() * 1000) - 2000}-0")
         with pytest.raises(BusUnavailable):
             await first.send("nobody", b"{}")
         await other._renew_lease()  # the other node learns it at its next lease
