@@ -19,8 +19,10 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -217,6 +219,7 @@ class ClusterLink(RedisLink):
         self._primaries: dict[str, Endpoint] = {}
         self._pipelines: dict[str, Pipeline] = {}  # primaries, and servers a redirect named
         self._controls: dict[str, Pipeline] = {}  # the same, for control commands (see RedisLink.script)
+        self._hops: weakref.WeakKeyDictionary[asyncio.Future[Any], int] = weakref.WeakKeyDictionary()  # redirects
         self._subs: dict[str, Subscriber] = {}  # primary name -> its sharded pub/sub connection
         self._channels: set[bytes] = set()  # every channel subscribed (they follow their slot)
         self._refreshing: asyncio.Task[None] | None = None
@@ -239,11 +242,11 @@ class ClusterLink(RedisLink):
     # -- commands ----------------------------------------------------------------------
     def call(self, key: str | bytes, *args: Any, control: bool = False) -> asyncio.Future[Any]:
         slot = key_slot(key.encode() if isinstance(key, str) else key)
-        return self._routed(slot, pack(args), self._owners[slot], 0, asking=False, control=control)
+        return self._routed(slot, pack(args), self._owners[slot], control=control)
 
     def call_packed(self, key: str | bytes, command: bytes) -> asyncio.Future[Any]:
         slot = key_slot(key.encode() if isinstance(key, str) else key)
-        return self._routed(slot, command, self._owners[slot], 0, asking=False, control=False)
+        return self._routed(slot, command, self._owners[slot], control=False)
 
     def servers(self) -> list[str]:
         return sorted(self._primaries)
@@ -261,49 +264,42 @@ class ClusterLink(RedisLink):
         pipeline = pipelines.get(name)
         if pipeline is None:
             host, _, port = name.rpartition(":")
-            pipeline = pipelines[name] = Pipeline.fixed(Endpoint(host, int(port)), self.target, self._scripts,
-                                                        on_lost=self._lost, on_connected=self._reached,
-                                                        replicas=0 if control else self.replicas)
+            pipeline = pipelines[name] = Pipeline.fixed(
+                Endpoint(host, int(port)), self.target, self._scripts, on_lost=self._lost, on_connected=self._reached,
+                replicas=0 if control else self.replicas,
+                on_redirect=functools.partial(self._redirect, control=control))
         return pipeline
 
-    def _routed(self, slot: int, command: bytes, owner: str | None, hops: int, *, asking: bool,
-                control: bool) -> asyncio.Future[Any]:
+    def _routed(self, slot: int, command: bytes, owner: str | None, *, control: bool) -> asyncio.Future[Any]:
         if owner is None:
             future = asyncio.get_running_loop().create_future()
             future.set_exception(CommandNotSent(f"no primary serves slot {slot} (the cluster is changing)"))
             self._refresh_soon()
             return future
-        pipeline = self._pipeline(owner, control)
-        if asking:
-            pipeline.call("ASKING").add_done_callback(retrieved)  # (sent just before: nothing comes between)
-        inner = pipeline.call_packed(command)
-        if hops >= MAX_REDIRECTS:
-            return inner
-        outer = asyncio.get_running_loop().create_future()
+        return self._pipeline(owner, control).call_packed(command)  # redirects: see _redirect
 
-        def done(f: asyncio.Future[Any]) -> None:
-            if outer.done():
-                return
-            if f.cancelled():
-                outer.cancel()
-                return
-            exc = f.exception()
-            if isinstance(exc, ResponseError):
-                text = str(exc)
-                kind, _, rest = text.partition(" ")
-                if kind in ("MOVED", "ASK"):  # the command did not run: send it where Redis says
-                    target = rest.partition(" ")[2]
-                    if kind == "MOVED":
-                        self._owners[slot] = target
-                        self._refresh_soon()
-                    _chain(self._routed(slot, command, target, hops + 1, asking=kind == "ASK", control=control), outer)
-                    return
-            if exc is not None:
-                outer.set_exception(exc)
-            else:
-                outer.set_result(f.result())
-        inner.add_done_callback(done)
-        return outer
+    def _redirect(self, future: asyncio.Future[Any], command: bytes, reply: str, control: bool) -> None:
+        """A MOVED or ASK for `command` (which did not run): send it where Redis says and let
+        `future` have that answer. MOVED also corrects the slot map and has it read again."""
+        kind, slot_text, target = reply.split(" ", 2)
+        hops = self._hops.get(future, 0) + 1
+        if hops > MAX_REDIRECTS:
+            future.set_exception(ResponseError(reply))
+            return
+        if kind == "MOVED":
+            self._owners[int(slot_text)] = target
+            self._refresh_soon()
+        pipeline = self._pipeline(target, control)
+        if kind == "ASK":
+            pipeline.call("ASKING").add_done_callback(retrieved)  # (sent just before: nothing comes between)
+        self._hops[future] = hops
+        again = pipeline.call_packed(command)
+        self._hops[again] = hops  # (if it is redirected in turn, the count goes on)
+
+        def answered(done: asyncio.Future[Any]) -> None:  # (a redirect of `again` is handled on its own)
+            self._hops.pop(future, None)
+            _chain_done(done, future)
+        again.add_done_callback(answered)
 
     # -- topology ----------------------------------------------------------------------
     def _lost(self, pipeline: Pipeline) -> None:
@@ -427,16 +423,14 @@ class ClusterLink(RedisLink):
         return list(self._subs.values())
 
 
-def _chain(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
-    def copy(f: asyncio.Future[Any]) -> None:
-        if target.done():
-            return
-        if f.cancelled():
-            target.cancel()
-            return
-        exc = f.exception()
-        if exc is not None:
-            target.set_exception(exc)
-        else:
-            target.set_result(f.result())
-    source.add_done_callback(copy)
+def _chain_done(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+        return
+    exc = source.exception()
+    if exc is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(source.result())

@@ -91,6 +91,10 @@ class _Protocol(asyncio.Protocol):
                 if text.startswith("NOSCRIPT"):
                     self.pipeline._noscript(future, command, text)  # noqa: SLF001 - a connection reports to its pipeline
                     continue
+                redirect = self.pipeline.on_redirect
+                if redirect is not None and text.startswith(("MOVED ", "ASK ")):
+                    redirect(future, command, text)  # the command did not run: sent where Redis says
+                    continue
                 future.set_exception(ResponseError(text))
                 if text.startswith("READONLY"):
                     self.abort("the server is a replica now (failover)")
@@ -126,7 +130,8 @@ class Pipeline:
                  timeout: float = 5.0, require_primary: bool = False,
                  on_lost: Callable[[Pipeline], None] | None = None,
                  on_connected: Callable[[Endpoint], None] | None = None, name: str = "redis",
-                 replicas: int = 0, replica_timeout: float = 1.0) -> None:
+                 replicas: int = 0, replica_timeout: float = 1.0,
+                 on_redirect: Callable[[asyncio.Future[Any], bytes, str], None] | None = None) -> None:
         self.name = name
         self._locate = locate
         self._target = target
@@ -135,6 +140,8 @@ class Pipeline:
         self._require_primary = require_primary  # Sentinel: a demoted primary is refused
         self._on_lost = on_lost  # the connection dropped, or could not be made
         self._on_connected = on_connected
+        # Redis Cluster: a MOVED / ASK reply goes here with the command and the future that waits
+        self.on_redirect = on_redirect
         self._replicas = replicas
         self._connected_replicas = replicas  # as the last ROLE reply said
         self._role_asked = False
