@@ -32,8 +32,6 @@ const RELAYED = new Set(["offer", "answer", "candidate", "bye", "message"]);
 /** Auto receipt ids start with this; receivers drop a repeat of one they have processed. */
 const AUTO_ID = "~";
 const RECENT_IDS = 4096; // (sender, id) pairs remembered for that
-/** ms a rollback waits at most for a connection's first ICE gathering (see PeerLink._gathered) */
-const FIRST_GATHERING_WAIT = 3000;
 
 /**
  * An `error` frame answering a send, or a failure of the client itself. `code` is a
@@ -701,8 +699,10 @@ export class PeerLink extends Emitter {
     /** @private */ this._offers = 0; // offers sent: the watchdog generation
     /** @private */ this._gatheredOnce = false; // an icecandidate event came (see _gathered)
     /** @private @type {() => void} */ this._sawCandidate = () => {};
-    /** @private @type {Promise<void>} */
+    /** @private @type {Promise<void>} the first icecandidate event (or the link's close) */
     this._firstCandidate = new Promise((resolve) => (this._sawCandidate = resolve));
+    /** @private @type {Promise<void>} the offer being set, settled (see _gathered) */
+    this._offering = Promise.resolve();
     /** @private */ this._offs = [client.on("resync", () => this.restartIce())];
     client.links.set(remote, this);
     this._wire();
@@ -714,7 +714,9 @@ export class PeerLink extends Emitter {
     pc.onnegotiationneeded = async () => {
       try {
         this._makingOffer = true;
-        await pc.setLocalDescription();
+        const offering = pc.setLocalDescription();
+        this._offering = offering.then(() => {}, () => {});
+        await offering;
         // a glare rollback may have replaced our offer meanwhile: then there is nothing to send
         if (pc.signalingState !== "have-local-offer" || pc.localDescription?.type !== "offer") return;
         this._signal({ type: "offer", offer: pc.localDescription.toJSON() });
@@ -767,7 +769,7 @@ export class PeerLink extends Emitter {
       if (this.closed || this._offers !== offer || this.pc.signalingState !== "have-local-offer") return;
       this._enqueue(async () => {
         await this._gathered();
-        if (this._offers !== offer || this.pc.signalingState !== "have-local-offer") return;
+        if (this.closed || this._offers !== offer || this.pc.signalingState !== "have-local-offer") return;
         await this.pc.setLocalDescription({ type: "rollback" });
         this.pc.restartIce();
       });
@@ -775,18 +777,29 @@ export class PeerLink extends Emitter {
   }
 
   /**
-   * Wait (at most FIRST_GATHERING_WAIT ms) until the connection has gathered once, before
-   * any rollback. Rolling back the first offer tears down the ICE transport it made; when
-   * that happens before Chromium's per-connection network list arrived, Chromium drops the
-   * list and no later gathering of this connection (answer, ICE restart) ever gets a candidate.
+   * Before any rollback of our offer: wait until this connection's first ICE gathering
+   * has produced an icecandidate event (a candidate, or the end of candidates).
+   *
+   * Chromium gives each RTCPeerConnection a network filter that hands the browser's
+   * network list, which arrives once some ms after the first connection of the page, to
+   * the connection's gathering sessions. If the list arrives while the connection has no
+   * session running, the filter drops it and never passes it on again: every later
+   * gathering of that connection waits for networks forever (no candidate, ICE stays
+   * "new"). Rolling back the first offer ends its session, and the answer's (or an ICE
+   * restart's) starts only after the remote offer is applied: the list must not land in
+   * between. An icecandidate event proves the filter has passed the list on; until then
+   * the offer's own session is running, so the event comes as soon as the list does.
+   * No time bound: rolling back earlier is what breaks the connection.
    * @private
    */
   async _gathered() {
-    if (this._gatheredOnce || this.pc.iceGatheringState === "complete") return;
-    let timer;
-    const bound = new Promise((resolve) => (timer = setTimeout(resolve, FIRST_GATHERING_WAIT)));
-    await Promise.race([this._firstCandidate, bound]);
-    clearTimeout(timer);
+    await this._offering; // an offer being set: its gathering starts once it is
+    if (this._gatheredOnce || this.closed) return;
+    const pc = this.pc;
+    const sdp = pc.localDescription?.sdp ?? "";
+    // nothing gathering (no local description, or one without a transport), or done already
+    if (!/^a=ice-ufrag:/m.test(sdp) || pc.iceGatheringState === "complete" || /^a=candidate:/m.test(sdp)) return;
+    await this._firstCandidate;
   }
 
   /** @private */
@@ -818,6 +831,7 @@ export class PeerLink extends Emitter {
       if (collision) {
         // glare, and we are polite: roll our offer back (once it gathered: see _gathered), take theirs
         await this._gathered();
+        if (this.closed) return;
         await Promise.all([pc.setLocalDescription({ type: "rollback" }), pc.setRemoteDescription(description)]);
       } else {
         await pc.setRemoteDescription(description);
@@ -848,6 +862,7 @@ export class PeerLink extends Emitter {
     if (this.closed) return;
     this._enqueue(async () => {
       if (this.pc.signalingState === "have-local-offer") await this._gathered();
+      if (this.closed) return;
       if (this.pc.signalingState === "have-local-offer") await this.pc.setLocalDescription({ type: "rollback" });
       this.pc.restartIce();
     });
@@ -863,6 +878,7 @@ export class PeerLink extends Emitter {
     this.closed = true;
     clearTimeout(this._restartTimer);
     clearTimeout(this._offerTimer);
+    this._sawCandidate(); // a rollback waiting for it has nothing left to wait for
     for (const off of this._offs) off();
     if (this.client.links.get(this.remote) === this) this.client.links.delete(this.remote);
     this.pc.close();
