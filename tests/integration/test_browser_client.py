@@ -12,19 +12,39 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import aiohttp
 import pytest
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from netns_support import NetNamespace
 from signaling.auth import mint
 from support import ROOT, SECRET, Client, NodeProcess
-from webrtc_support import VethNode, chromium, netns, wait_js  # noqa: F401 - fixtures: pytest finds them by name
+from webrtc_support import VethNode, chromium, netns  # noqa: F401 - fixtures: pytest finds them by name
 
 pytestmark = pytest.mark.slow
+T = TypeVar("T")
 
 CLIENT_JS = (ROOT / "signaling" / "static" / "client.js").read_text()
+
+# The pages' waits: every one is bounded, and says what it waited for and what it saw
+# (`seen()`, which each kind of page defines).
+WAITS = """
+window.sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+window.timedOut = (what, ms) => new Error(`timed out after ${ms} ms waiting for: ${what}\\nsaw:\\n  ${seen()}`);
+window.until = async (fn, ms = 3000) => {
+  const end = performance.now() + ms;
+  while (!fn()) { if (performance.now() > end) throw timedOut(String(fn), ms); await sleep(5); }
+};
+window.within = (what, ms, promise) => {
+  let timer;
+  const late = new Promise((_, reject) => { timer = setTimeout(() => reject(timedOut(what, ms)), ms); });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+};
+"""
 
 # A WebSocket stand-in the test scripts: `sockets` holds every one the client made.
 FAKE_SOCKET = """
@@ -46,21 +66,86 @@ window.FakeSocket = class FakeSocket {
   drop(code, reason = "") { this.readyState = 3; this.onclose && this.onclose({ code, reason }); }
   param(name) { return this.url.searchParams.get(name); }
 };
-window.sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-window.until = async (fn, ms = 3000) => {
-  const end = performance.now() + ms;
-  while (!fn()) { if (performance.now() > end) throw new Error("timed out: " + fn); await sleep(5); }
+// What a failed wait saw: the sockets, and the relayed pair of the negotiation tests.
+window.seen = () => {
+  const lines = sockets.map((s, i) => `socket ${i}: ${s.url.host} readyState ${s.readyState}` +
+    ` closed ${JSON.stringify(s.closedWith)} sent ${JSON.stringify(s.sent.map((f) => f.type))}`);
+  if (window.pair) lines.push(...pair.state());
+  return lines.join("\\n  ");
 };
-"""
+""" + WAITS
 
 HARNESS = """<!doctype html><meta charset="utf-8"><title>client.js</title>
 <script>""" + FAKE_SOCKET + """</script>
 <script type="module">import * as sig from "/client.js"; window.sig = sig; window.ready = true;</script>"""
 
 
+# What the page shows when a wait on it runs out: whatever of these it has.
+PAGE_STATE = """() => {
+  const out = [];
+  if (window.seen) out.push(seen());
+  if (window.c) {
+    out.push("client: " + JSON.stringify({
+      state: c.state, node: c.node, peer: c.peer, lastSeq: c.lastSeq, pending: c._pending.size,
+      rooms: Object.fromEntries([...c.rooms].map(([room, peers]) => [room, [...peers]])) }));
+  }
+  for (const name of ["log", "got", "closes"]) {
+    if (Array.isArray(window[name])) out.push(`${name}: ${JSON.stringify(window[name].slice(-40))}`);
+  }
+  return out.join("\\n  ");
+}"""
+
+
+async def page_state(page: Any) -> str:
+    """The page's state for a failure message (bounded: a page whose main thread is stuck says so)."""
+    try:
+        return str(await asyncio.wait_for(page.evaluate(PAGE_STATE), 5))
+    except TimeoutError:
+        return "(no answer within 5 s: the page's main thread is blocked)"
+    except Exception as exc:  # noqa: BLE001 - a closed or crashed page: say what happened instead
+        return f"(the page cannot be read: {exc})"
+
+
+async def bounded(what: str, awaitable: Awaitable[T], timeout: float, page: Any = None) -> T:
+    """`awaitable`, or an AssertionError saying what did not happen within `timeout` (and the page's state)."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except TimeoutError:
+        state = f"\npage: {await page_state(page)}" if page is not None else ""
+        raise AssertionError(f"timed out after {timeout} s waiting for: {what}{state}") from None
+
+
+async def run_js(page: Any, script: str, arg: Any = None, *, timeout: float = 60.0) -> Any:
+    """page.evaluate, bounded. The scripts bound their own waits, with their own diagnostics,
+    well within `timeout`; this one is for a page that stops answering."""
+    return await bounded(f"the page's script to finish: {script.strip()[:200]}", page.evaluate(script, arg),
+                         timeout, page)
+
+
+async def wait_page(page: Any, expression: str, timeout: float = 15.0) -> None:
+    """Wait until `expression` is truthy in the page; on timeout say what it was and what the page had."""
+    try:
+        await bounded(expression, page.wait_for_function(expression, timeout=timeout * 1000), timeout + 5, page)
+    except PlaywrightTimeout:
+        raise AssertionError(f"not true within {timeout} s: {expression}\npage: {await page_state(page)}") from None
+
+
+async def expect(client: Client, type: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
+    """client.expect with a failure that says what was expected when nothing came."""
+    try:
+        return await client.expect(type, timeout, **fields)
+    except TimeoutError:
+        raise AssertionError(f"no frame within {timeout} s; expected {type} {fields}") from None
+
+
+async def connect(base: str, **query: Any) -> Client:
+    return await bounded(f"a welcome from {base} for {query}", Client.connect(base, **query), 10)
+
+
 async def scripted_page(browser: Any) -> Any:
     """A page with client.js and the scripted socket, served by the test itself."""
-    page = await (await browser.new_context()).new_page()
+    context = await bounded("a browser context", browser.new_context(), 15)
+    page = await bounded("a page", context.new_page(), 15)
 
     async def serve(route: Any) -> None:
         if route.request.url.endswith("/client.js"):
@@ -68,9 +153,9 @@ async def scripted_page(browser: Any) -> Any:
         else:
             await route.fulfill(body=HARNESS, content_type="text/html")
 
-    await page.route("http://client.test/**", serve)
-    await page.goto("http://client.test/")
-    await page.wait_for_function("window.ready === true", timeout=10_000)
+    await bounded("the route", page.route("http://client.test/**", serve), 10)
+    await page.goto("http://client.test/", timeout=10_000)
+    await wait_page(page, "window.ready === true", timeout=10)
     return page
 
 
@@ -83,7 +168,7 @@ async def page(chromium):  # noqa: F811 - the imported fixture
 
 
 async def test_pure_helpers(page):
-    result = await page.evaluate("""() => {
+    result = await run_js(page, """() => {
       const { compareSeq, closeAction, backoffDelay } = sig;
       const opts = { initial: 100, max: 1000 };
       return {
@@ -102,7 +187,7 @@ async def test_pure_helpers(page):
 
 
 async def test_deliveries_once_and_receipts(page):
-    result = await page.evaluate("""async () => {
+    result = await run_js(page, """async () => {
       const c = new sig.SignalingClient("ws://x.test/ws", { peer: "alice", WebSocket: FakeSocket });
       const got = [], errors = [];
       c.on("message", (m) => got.push(m.data));
@@ -110,7 +195,7 @@ async def test_deliveries_once_and_receipts(page):
       const ready = c.connect();
       const s = sockets[0];
       s.welcome();
-      const welcome = await ready;
+      const welcome = await within("the first welcome", 3000, ready);
       s.deliver({ type: "message", from: "bob", data: 1, seq: "100-0" });
       s.deliver({ type: "message", from: "bob", data: 1, seq: "100-0" });          // the same seq again
       s.deliver({ type: "message", from: "bob", data: 0, seq: "99-5" });           // an older one
@@ -125,9 +210,13 @@ async def test_deliveries_once_and_receipts(page):
       s.deliver({ type: "ack", id: f1.id, queued: true });
       s.deliver({ type: "error", id: f2.id, code: "peer-unavailable", message: "gone" });
       s.deliver({ type: "error", code: "rate-limited", message: "slow down" });
-      const ack = await p1;
+      const ack = await within("the ack", 3000, p1);
       let rejected = null;
-      try { await p2; } catch (e) { rejected = { name: e.name, code: e.code, id: e.id, message: e.message }; }
+      try {
+        await within("the error", 3000, p2);
+      } catch (e) {
+        rejected = { name: e.name, code: e.code, id: e.id, message: e.message };
+      }
       return { url: s.url.search, welcome, got, ack, rejected, errors, ids: [f1.id, f2.id], lastSeq: c.lastSeq,
                pending: c._pending.size };
     }""")
@@ -145,13 +234,14 @@ async def test_deliveries_once_and_receipts(page):
 
 
 async def test_reconnects_resume_resend_and_rejoin(page):
-    result = await page.evaluate("""async () => {
+    result = await run_js(page, """async () => {
       const c = new sig.SignalingClient(["ws://a.test/ws", "ws://b.test/ws"],
                                         { peer: "alice", WebSocket: FakeSocket, backoff: { initial: 400, max: 800 } });
-      const log = [];
+      const log = [], closes = [];
       for (const t of ["peer-joined", "peer-left", "resync", "state"]) {
         c.on(t, (e) => log.push([t, e.peer ?? e.state ?? null]));
       }
+      c.on("close", (e) => closes.push([e.code, e.reconnect, e.delay]));
       const presence = [];
       c.on("presence", (p) => presence.push(p.peers));
       c.connect();
@@ -161,21 +251,19 @@ async def test_reconnects_resume_resend_and_rejoin(page):
       const join = sockets[0].sent.at(-1);
       sockets[0].deliver({ type: "joined", room: "r1", peers: ["bob", "carol"] });
       sockets[0].deliver({ type: "ack", id: join.id });
-      const members = await joining;
+      const members = await within("the join's receipt", 3000, joining);
       sockets[0].deliver({ type: "peer-joined", room: "r1", peer: "dave", seq: "5-0" });
       const inflight = c.send({ type: "message", to: "bob", data: "in flight" });
       const inflightId = sockets[0].sent.at(-1).id;
 
       // 1001: at once, to the next URL, resuming after the last seq processed
-      const t0 = performance.now();
       sockets[0].drop(1001, "node draining");
       await until(() => sockets.length === 2);
-      const drainDelay = performance.now() - t0;
       const queued = c.send({ type: "message", to: "bob", data: "while away" });
       sockets[1].welcome({ resumed: true });
       const resent = sockets[1].sent.map((f) => [f.type, f.data ?? f.room, f.id]);
       for (const f of sockets[1].sent) sockets[1].deliver({ type: "ack", id: f.id });
-      await Promise.all([inflight, queued]);
+      await within("the re-sent frames' receipts", 3000, Promise.all([inflight, queued]));
 
       // 1011: after a jittered back-off (initial 400 ms: between 200 and 400)
       const t1 = performance.now();
@@ -191,15 +279,19 @@ async def test_reconnects_resume_resend_and_rejoin(page):
       sockets[2].deliver({ type: "peer-joined", room: "r1", peer: "erin", seq: "6-0" }); // known already
       return {
         urls: sockets.map((s) => s.url.host), resume: sockets.map((s) => s.param("resume")),
-        members, drainDelay, backoffDelay, resent, inflightId, rejoin: rejoin.room, log, presence,
+        members, backoffDelay, closes, resent, inflightId, rejoin: rejoin.room, log, presence,
         rooms: [...c.rooms.get("r1")].sort(),
       };
     }""")
     assert result["members"] == ["bob", "carol"]
     assert result["urls"] == ["a.test", "b.test", "b.test"]
     assert result["resume"] == [None, "5-0", "5-0"]
-    assert result["drainDelay"] < 150
-    assert 190 <= result["backoffDelay"] <= 1000
+    # 1001 at once, 1011 after a jittered back-off (initial 400 ms: between 200 and 400); the
+    # reconnects waited what the client said (a timer never fires early; a busy machine may make it late)
+    [(drain, again, no_delay), (internal, again_later, delay)] = result["closes"]
+    assert (drain, again, no_delay) == (1001, True, 0) and (internal, again_later) == (1011, True)
+    assert 200 <= delay <= 400
+    assert result["backoffDelay"] >= delay - 1
     # the frame the dead connection left unacknowledged, with its id, then the one that waited
     assert result["resent"] == [["message", "in flight", result["inflightId"]],
                                 ["message", "while away", result["resent"][1][2]]]
@@ -215,7 +307,7 @@ async def test_reconnects_resume_resend_and_rejoin(page):
 
 async def test_a_connection_lost_before_anything_was_processed_resumes_from_welcome_seq(page):
     # protocol 1.1: frames reached the socket, the app handled none, the connection died
-    result = await page.evaluate("""async () => {
+    result = await run_js(page, """async () => {
       const c = new sig.SignalingClient("ws://x.test/ws", { peer: "bob", WebSocket: FakeSocket,
                                                             backoff: { initial: 10, max: 20 } });
       const got = [];
@@ -239,7 +331,7 @@ async def test_a_connection_lost_before_anything_was_processed_resumes_from_welc
 async def test_a_rejoin_refused_while_the_cluster_reregisters_is_retried(page):
     # right after Redis lost its data, joins answer `unavailable` for a node TTL: a client
     # that lost its session (resumed: false) keeps rejoining until the join is taken
-    result = await page.evaluate("""async () => {
+    result = await run_js(page, """async () => {
       const c = new sig.SignalingClient("ws://x.test/ws", { peer: "alice", WebSocket: FakeSocket,
                                                             backoff: { initial: 10, max: 20 } });
       const errors = [];
@@ -251,7 +343,7 @@ async def test_a_rejoin_refused_while_the_cluster_reregisters_is_retried(page):
       const first = sockets[0].sent.at(-1);
       sockets[0].deliver({ type: "joined", room: "r1", peers: [] });
       sockets[0].deliver({ type: "ack", id: first.id });
-      await joining;
+      await within("the join's receipt", 3000, joining);
       sockets[0].drop(1001, "lease lost");
       await until(() => sockets.length === 2);
       sockets[1].welcome({ resumed: false });
@@ -273,7 +365,7 @@ async def test_a_rejoin_refused_while_the_cluster_reregisters_is_retried(page):
 
 @pytest.mark.parametrize("code", [1000, 1008, 1009, 4409, 4401])
 async def test_final_close_codes_stop(page, code):
-    result = await page.evaluate("""async (code) => {
+    result = await run_js(page, """async (code) => {
       const c = new sig.SignalingClient("ws://x.test/ws", { peer: "alice", WebSocket: FakeSocket });
       const closed = [];
       c.on("closed", (e) => closed.push(e.code));
@@ -282,15 +374,17 @@ async def test_final_close_codes_stop(page, code):
       const pending = c.send({ type: "message", to: "bob", data: 1 }).then(() => "acked", (e) => e.code);
       sockets[0].drop(code, "bye");
       await sleep(300);
-      return { state: c.state, closed, pending: await pending, sockets: sockets.length,
-               after: await c.send({ type: "ping" }).then(() => "sent", (e) => e.code) };
+      return { state: c.state, closed, pending: await within("the pending send to settle", 3000, pending),
+               sockets: sockets.length,
+               after: await within("a send after the stop to settle", 3000,
+                                   c.send({ type: "ping" }).then(() => "sent", (e) => e.code)) };
     }""", code)
     # 4401 without a getToken hook has nothing to reconnect with
     assert result == {"state": "closed", "closed": [code], "pending": "closed", "sockets": 1, "after": "closed"}
 
 
 async def test_token_renewal_on_4401_and_after_a_refused_upgrade(page):
-    result = await page.evaluate("""async () => {
+    result = await run_js(page, """async () => {
       let n = 0;
       const c = new sig.SignalingClient("ws://x.test/ws", { token: "t0", WebSocket: FakeSocket,
                                         getToken: async () => `t${++n}`, backoff: { initial: 40, max: 40 } });
@@ -312,13 +406,18 @@ async def test_token_renewal_on_4401_and_after_a_refused_upgrade(page):
 
 
 async def test_a_silent_connection_is_abandoned_without_a_close_frame(page):
-    result = await page.evaluate("""async () => {
+    result = await run_js(page, """async () => {
       const c = new sig.SignalingClient("ws://x.test/ws", { peer: "alice", WebSocket: FakeSocket,
                                         pingInterval: 50, pongTimeout: 150, backoff: { initial: 20, max: 20 } });
       c.connect();
-      sockets[0].welcome();
-      await until(() => sockets[0].sent.some((f) => f.type === "ping"));
-      sockets[0].deliver({ type: "pong" });
+      const first = sockets[0];
+      const send = first.send.bind(first);
+      let answered = 0;
+      first.send = (text) => {            // the server answers the first ping, as soon as it is sent
+        send(text);
+        if (JSON.parse(text).type === "ping" && answered++ === 0) queueMicrotask(() => first.deliver({ type: "pong" }));
+      };
+      first.welcome();
       await until(() => sockets.length === 2, 2000);  // the next ping went unanswered
       sockets[1].welcome({ resumed: true });
       const pings = sockets[0].sent.filter((f) => f.type === "ping").length;
@@ -337,8 +436,9 @@ async def test_a_silent_connection_is_abandoned_without_a_close_frame(page):
 RELAY = """
 // Two clients, one relay that plays the server: frames go from one to the other with
 // `from` and `seq`, and are acked. `hold` keeps frames back; `lose` drops matching ones.
-// `log` records every frame relayed (and the links' events, see `explained`).
-window.makePair = async (options = {}) => {
+// `pair.watch(name, link, channel)` adds a link's events to the relay's log, and the link's
+// state and its channel's to what a failed wait reports (`seen`), with every frame relayed.
+window.makePair = async () => {
   const relay = { held: [], hold: false, lose: () => false, seq: 0, sockets: {}, log: [] };
   const t0 = performance.now();
   relay.note = (...what) => relay.log.push([Math.round(performance.now() - t0), ...what].join(" "));
@@ -355,6 +455,24 @@ window.makePair = async (options = {}) => {
     if (relay.hold) relay.held.push([to, out]); else setTimeout(() => to.deliver(out), 1);
   };
   relay.release = () => { relay.hold = false; for (const [to, f] of relay.held.splice(0)) to.deliver(f); };
+  const links = {}, channels = {};
+  window.pair = {
+    watch(name, link, channel) {
+      links[name] = link;
+      channels[name] = channel;
+      for (const t of ["state", "negotiated", "error", "closed"]) {
+        link.on(t, (e) => relay.note(name, t, t === "error" ? String(e) : JSON.stringify(e)));
+      }
+      const pc = link.pc;
+      pc.addEventListener("icegatheringstatechange", () => relay.note(name, "gathering", pc.iceGatheringState));
+      channel.addEventListener("open", () => relay.note(name, "channel open"));
+    },
+    state: () => [
+      ...Object.entries(links).map(([name, link]) => `${name}: ${JSON.stringify(linkState(link))}`),
+      ...Object.entries(channels).map(([name, channel]) => `${name}'s channel: ${channel.readyState}`),
+      "frames relayed and events (ms):", ...relay.log.map((line) => `  ${line}`),
+    ],
+  };
   const make = async (peer) => {
     const c = new sig.SignalingClient("ws://relay.test/ws", { peer, WebSocket: FakeSocket });
     c.connect();
@@ -375,31 +493,6 @@ window.linkState = (link) => link && {
   ice: link.pc.iceConnectionState, connection: link.pc.connectionState, sctp: link.pc.sctp?.state ?? null,
   local: link.pc.localDescription?.type ?? null, remote: link.pc.remoteDescription?.type ?? null,
 };
-// Run `body` with the links' events in the relay's log; any failure (a bounded wait that ran
-// out) comes back with both links' states, their data channels and every frame relayed.
-window.explained = async (relay, named, channels, body) => {
-  for (const [name, link] of Object.entries(named)) {
-    for (const t of ["state", "negotiated", "error", "closed"]) {
-      link.on(t, (e) => relay.note(name, t, t === "error" ? String(e) : JSON.stringify(e)));
-    }
-  }
-  try {
-    return await body();
-  } catch (err) {
-    const links = Object.fromEntries(Object.entries(named).map(([name, link]) => [name, linkState(link)]));
-    const dc = Object.fromEntries(Object.entries(channels()).map(([name, d]) => [name, d && d.readyState]));
-    throw new Error(`${err.message}\\nlinks: ${JSON.stringify(links)}\\nchannels: ${JSON.stringify(dc)}\\n` +
-                    `frames and events:\\n  ${relay.log.join("\\n  ")}`);
-  }
-};
-// `promise`, or a rejection saying `what` did not happen within `ms`.
-window.within = (what, ms, promise) => {
-  let timer;
-  const late = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out: ${what} (${ms} ms)`)), ms);
-  });
-  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
-};
 window.opened = (channel) => new Promise((resolve) => {
   if (channel.readyState === "open") resolve(); else channel.addEventListener("open", () => resolve(), { once: true });
 });
@@ -410,27 +503,33 @@ window.echo = (channel, text) => new Promise((resolve) => {
 """
 
 
+async def relay_page(page: Any) -> Any:
+    await bounded("the relay script", page.add_script_tag(content=RELAY), 10, page)
+    return page
+
+
 async def test_glare_is_resolved_by_the_polite_side(page):
-    await page.add_script_tag(content=RELAY)
-    result = await page.evaluate("""async () => {
+    # Both offers cross in flight; the polite side ("ann" < "ben") rolls its own back and
+    # answers. (Chromium: a connection that rolls back its first offer before that offer's
+    # gathering produced anything never gathers again; PeerLink._gathered waits for it.)
+    result = await run_js(await relay_page(page), """async () => {
       const { relay, a, b } = await makePair();
-      relay.hold = true;                     // both offers cross in flight
+      relay.hold = true;
       const la = a.link("ben"), lb = b.link("ann");
       const da = la.pc.createDataChannel("x", { negotiated: true, id: 3 });
       const db = lb.pc.createDataChannel("x", { negotiated: true, id: 3 });
-      return await explained(relay, { ann: la, ben: lb }, () => ({ ann: da, ben: db }), async () => {
-        await until(() => relay.held.filter(([, f]) => f.type === "offer").length === 2);
-        relay.note("release");
-        relay.release();
-        relay.hold = false;
-        await within("both data channels open", 15000, Promise.all([opened(da), opened(db)]));
-        db.onmessage = (e) => db.send("pong:" + e.data);
-        const reply = await within("the echo", 5000, echo(da, "ping"));
-        // a data channel can open on one side a moment before that side's connectionState says so
-        await until(() => la.pc.connectionState === "connected" && lb.pc.connectionState === "connected", 5000);
-        return { reply, politeA: la.polite, politeB: lb.polite, na: la.negotiations, nb: lb.negotiations,
-                 states: [la.pc.connectionState, lb.pc.connectionState] };
-      });
+      pair.watch("ann", la, da);
+      pair.watch("ben", lb, db);
+      await until(() => relay.held.filter(([, f]) => f.type === "offer").length === 2);
+      relay.note("release");
+      relay.release();
+      await within("both data channels open", 15000, Promise.all([opened(da), opened(db)]));
+      db.onmessage = (e) => db.send("pong:" + e.data);
+      const reply = await within("the echo", 5000, echo(da, "ping"));
+      // a data channel can open on one side a moment before that side's connectionState says so
+      await until(() => la.pc.connectionState === "connected" && lb.pc.connectionState === "connected", 5000);
+      return { reply, politeA: la.polite, politeB: lb.polite, na: la.negotiations, nb: lb.negotiations,
+               states: [la.pc.connectionState, lb.pc.connectionState] };
     }""")
     assert result["reply"] == "pong:ping"
     assert (result["politeA"], result["politeB"]) == (True, False)  # "ann" < "ben"
@@ -439,8 +538,7 @@ async def test_glare_is_resolved_by_the_polite_side(page):
 
 
 async def test_a_lost_offer_is_made_again_and_ice_restarts(page):
-    await page.add_script_tag(content=RELAY)
-    result = await page.evaluate("""async () => {
+    result = await run_js(await relay_page(page), """async () => {
       const { relay, a, b } = await makePair();
       let lost = 0;
       relay.lose = (f) => f.type === "offer" && lost++ === 0;   // the first offer vanishes
@@ -449,21 +547,26 @@ async def test_a_lost_offer_is_made_again_and_ice_restarts(page):
         if (lb) return;
         lb = b.link(m.from);
         db = lb.pc.createDataChannel("x", { negotiated: true, id: 1 });
+        pair.watch("ben", lb, db);
       });
       const la = a.link("ben", { offerTimeout: 500 });
       const da = la.pc.createDataChannel("x", { negotiated: true, id: 1 });
+      pair.watch("ann", la, da);
       await until(() => lb !== null, 5000);                      // after the watchdog's new offer
-      await Promise.all([opened(da), opened(db)]);
+      await within("both data channels open", 15000, Promise.all([opened(da), opened(db)]));
       const before = lb.negotiations;
+      relay.note("ben restarts ICE");
       lb.restartIce();
       await until(() => lb.negotiations > before && lb.pc.connectionState === "connected", 10000);
       db.onmessage = (e) => db.send("pong:" + e.data);
-      const reply = await echo(da, "after restart");
+      const reply = await within("the echo after the ICE restart", 5000, echo(da, "after restart"));
       // a resync of the signaling restarts ICE too
       const n = la.negotiations;
+      relay.note("resync");
       a.emit("resync", {});
       await until(() => la.negotiations > n, 10000);
       // bye closes the other side's link
+      relay.note("ann closes");
       la.close();
       await until(() => lb.closed, 5000);
       return { lost, reply, links: [a.links.size, b.links.size] };
@@ -475,16 +578,46 @@ async def test_a_lost_offer_is_made_again_and_ice_restarts(page):
 
 # -- against real nodes ----------------------------------------------------------------------
 
+# A page on a node's origin: client.js as the module it serves, the bounded waits, and what
+# a failed one saw (the client `c` and the `log` the tests keep).
+REAL_PAGE = """async () => {
+  window.sig = await import("/client.js");
+  window.log = [];
+  window.seen = () => JSON.stringify({ state: window.c?.state, node: window.c?.node, log: window.log });
+""" + WAITS + """
+}"""
+
 
 async def real_page(browser: Any, node: NodeProcess) -> Any:
-    page = await (await browser.new_context()).new_page()
+    context = await bounded("a browser context", browser.new_context(), 15)
+    page = await bounded("a page", context.new_page(), 15)
     await page.goto(f"{node.base}/healthz", timeout=10_000)  # an origin that serves the module
-    await page.evaluate("""async () => { window.sig = await import("/client.js"); window.log = []; }""")
+    await run_js(page, REAL_PAGE, timeout=15)
     return page
 
 
 def ws(node: NodeProcess) -> str:
     return node.base.replace("http", "ws", 1)
+
+
+async def node_metric(node: NodeProcess, name: str) -> str:
+    """The line of /metrics for `name` (a metric without labels)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        async with http.get(f"{node.base}/metrics") as response:
+            text = await response.text()
+    return next((line for line in text.splitlines() if line.startswith(name + " ")), f"{name} missing")
+
+
+async def until_metric(node: NodeProcess, line: str, timeout: float = 10.0) -> None:
+    """Wait until the node's /metrics has `line` ("name value"); on timeout say what it had."""
+    name = line.split()[0]
+    deadline = time.monotonic() + timeout
+    seen = await node_metric(node, name)
+    while seen != line:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for /metrics to say {line!r}: it says {seen!r}")
+        await asyncio.sleep(0.02)
+        seen = await node_metric(node, name)
 
 
 async def start_nodes(netns: NetNamespace, tmp_path: Path, n: int, *args: str,  # noqa: F811 - the imported fixture
@@ -494,7 +627,7 @@ async def start_nodes(netns: NetNamespace, tmp_path: Path, n: int, *args: str,  
         extra = ["--redis-url", redis.url, "--key-prefix", key_prefix] if redis else []
         nodes.append(VethNode(netns.host_address, "--node-id", f"node-{i + 1}", *extra, *args).start(tmp_path))
     for node in nodes:
-        await node.wait_ready()
+        await bounded(f"{node.base} ready", node.wait_ready(), 20)
     return nodes
 
 
@@ -516,46 +649,46 @@ async def veth_nodes(netns, tmp_path, redis_server, key_prefix):  # noqa: F811 -
 async def test_receipts_presence_and_takeover_on_a_real_node(chromium, veth_nodes):  # noqa: F811 - the imported fixture
     [node] = await veth_nodes(1)
     page = await real_page(await chromium(), node)
-    await page.evaluate("""async (url) => {
+    await run_js(page, """async (url) => {
       window.c = new sig.SignalingClient(url, { peer: "web" });
       for (const t of ["peer-joined", "peer-left", "message", "closed"]) {
         c.on(t, (e) => log.push([t, e.peer ?? e.data ?? e.code]));
       }
       c.on("presence", (p) => log.push(["presence", p.peers]));
-      await c.connect();
-      return await c.join("room");
+      await within("the first welcome", 10000, c.connect());
+      return await within("the join's receipt", 10000, c.join("room"));
     }""", f"{ws(node)}/ws")
-    py = await Client.connect(ws(node), peer="py")
+    py = await connect(ws(node), peer="py")
     try:
         await py.send(type="join", room="room")
-        await py.expect("joined", peers=["web"])
-        await wait_js(page, "log.some(([t, p]) => t === 'peer-joined' && p === 'py')")
-        assert await page.evaluate("[...c.rooms.get('room')]") == ["py"]
+        await expect(py, "joined", peers=["web"])
+        await wait_page(page, "log.some(([t, p]) => t === 'peer-joined' && p === 'py')")
+        assert await run_js(page, "[...c.rooms.get('room')]") == ["py"]
 
-        ack = await page.evaluate("c.message({ to: 'py' }, { hi: 1 })")
+        ack = await run_js(page, "c.message({ to: 'py' }, { hi: 1 })")
         assert ack["queued"] is False
-        got = await py.expect("message", data={"hi": 1})
+        got = await expect(py, "message", data={"hi": 1})
         assert got["from"] == "web" and got["id"] == ack["id"]
         await py.send(type="message", to="web", data="back")
-        await wait_js(page, "log.some(([t, d]) => t === 'message' && d === 'back')")
+        await wait_page(page, "log.some(([t, d]) => t === 'message' && d === 'back')")
 
-        error = await page.evaluate("c.message({ to: 'nobody' }, 1).catch((e) => [e.name, e.code])")
+        error = await run_js(page, "c.message({ to: 'nobody' }, 1).catch((e) => [e.name, e.code])")
         assert error == ["SignalingError", "peer-unavailable"]
 
         await py.drop()  # py vanishes: it is reconnecting, so messages for it are queued
-        await asyncio.sleep(0.3)  # (once the node has seen the connection go)
-        ack = await page.evaluate("c.message({ to: 'py' }, 'later')")
+        await until_metric(node, "signaling_peers 1.0")  # (once the node has seen the connection go)
+        ack = await run_js(page, "c.message({ to: 'py' }, 'later')")
         assert ack["queued"] is True
-        py = await Client.connect(ws(node), peer="py", resume=py.last_seq or "0-0")
-        await py.expect("message", data="later")
+        py = await connect(ws(node), peer="py", resume=py.last_seq or "0-0")
+        await expect(py, "message", data="later")
 
         await py.send(type="leave", room="room")
-        await wait_js(page, "log.some(([t, p]) => t === 'peer-left' && p === 'py')")
+        await wait_page(page, "log.some(([t, p]) => t === 'peer-left' && p === 'py')")
 
         # another connection with the same peer id takes over: 4409, and the client stops
-        other = await Client.connect(ws(node), peer="web")
-        await wait_js(page, "c.state === 'closed'")
-        assert await page.evaluate("log.filter(([t]) => t === 'closed')") == [["closed", 4409]]
+        other = await connect(ws(node), peer="web")
+        await wait_page(page, "c.state === 'closed'")
+        assert await run_js(page, "log.filter(([t]) => t === 'closed')") == [["closed", 4409]]
         await other.close()
     finally:
         await py.close()
@@ -564,25 +697,25 @@ async def test_receipts_presence_and_takeover_on_a_real_node(chromium, veth_node
 async def test_every_message_once_and_in_order_across_a_drain(chromium, veth_nodes):  # noqa: F811 - the imported fixture
     nodes = await veth_nodes(2, clustered=True)
     page = await real_page(await chromium(), nodes[0])
-    await page.evaluate("""async (urls) => {
+    await run_js(page, """async (urls) => {
       window.c = new sig.SignalingClient(urls, { peer: "web" });
       window.got = [];
       c.on("message", (m) => got.push(m.data));
-      await c.connect();
+      await within("the first welcome", 10000, c.connect());
     }""", [f"{ws(n)}/ws" for n in nodes])
-    sender = await Client.connect(ws(nodes[1]), peer="sender")
+    sender = await connect(ws(nodes[1]), peer="sender")
     try:
         acks = []
         for i in range(60):
             await sender.send(type="message", to="web", data=i, id=i)
             if i == 20:
                 nodes[0].signal(15)  # SIGTERM: node-1 drains while the messages flow
-            acks.append(await sender.expect("ack", id=i))
+            acks.append(await expect(sender, "ack", id=i))
             await asyncio.sleep(0.01)
-        await wait_js(page, "got.length >= 60", timeout=15)
-        await asyncio.sleep(0.3)
-        assert await page.evaluate("got") == list(range(60))
-        assert await page.evaluate("[c.node, c.welcome.resumed]") == ["node-2", True]
+        await wait_page(page, "got.length >= 60", timeout=15)
+        await asyncio.sleep(0.3)  # then nothing more may come: no repeats
+        assert await run_js(page, "got") == list(range(60))
+        assert await run_js(page, "[c.node, c.welcome.resumed]") == ["node-2", True]
     finally:
         await sender.close()
 
@@ -596,15 +729,15 @@ async def test_token_renewal_with_a_real_node(chromium, veth_nodes):  # noqa: F8
         minted.append(time.time())
         return mint(SECRET, "web", ttl=2 if len(minted) == 1 else 300)
 
-    await page.expose_function("freshToken", token)
-    await page.evaluate("""async ([url, first]) => {
+    await bounded("the page's freshToken hook", page.expose_function("freshToken", token), 10, page)
+    await run_js(page, """async ([url, first]) => {
       window.c = new sig.SignalingClient(url, { token: first, getToken: () => window.freshToken() });
       window.closes = [];
       c.on("close", (e) => closes.push(e.code));
-      await c.connect();
-      await c.join("r");
+      await within("the first welcome", 10000, c.connect());
+      await within("the join's receipt", 10000, c.join("r"));
     }""", [f"{ws(node)}/ws", token()])
-    await wait_js(page, "closes.includes(4401) && c.state === 'open'", timeout=10)
+    await wait_page(page, "closes.includes(4401) && c.state === 'open'", timeout=10)
     assert len(minted) == 2
-    assert await page.evaluate("[c.peer, c.welcome.resumed, [...c.rooms.keys()]]") == ["web", True, ["r"]]
-    assert json.loads(json.dumps(await page.evaluate("closes"))) == [4401]
+    assert await run_js(page, "[c.peer, c.welcome.resumed, [...c.rooms.keys()]]") == ["web", True, ["r"]]
+    assert json.loads(json.dumps(await run_js(page, "closes"))) == [4401]
