@@ -35,7 +35,7 @@ from .redis_pipeline import CommandNotSent, Pipeline
 from .redis_sentinel import SentinelLocator
 from .redis_subscriber import Subscriber
 from .redis_url import Endpoint, RedisTarget, parse
-from .redis_wire import pack, retrieved
+from .redis_wire import copy_outcome, pack, retrieved
 
 log = logging.getLogger("signaling.bus.redis")
 
@@ -298,7 +298,7 @@ class ClusterLink(RedisLink):
 
         def answered(done: asyncio.Future[Any]) -> None:  # (a redirect of `again` is handled on its own)
             self._hops.pop(future, None)
-            _chain_done(done, future)
+            copy_outcome(done, future)
         again.add_done_callback(answered)
 
     # -- topology ----------------------------------------------------------------------
@@ -422,15 +422,3 @@ class ClusterLink(RedisLink):
     def _subscribers(self) -> list[Subscriber]:
         return list(self._subs.values())
 
-
-def _chain_done(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
-    if target.done():
-        return
-    if source.cancelled():
-        target.cancel()
-        return
-    exc = source.exception()
-    if exc is not None:
-        target.set_exception(exc)
-    else:
-        target.set_result(source.result())

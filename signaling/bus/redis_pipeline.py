@@ -38,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from .redis_url import Endpoint, RedisTarget
-from .redis_wire import open_connection, pack, retrieved
+from .redis_wire import copy_outcome, open_connection, pack, retrieved
 
 __all__ = ["CommandNotSent", "Pipeline", "pack"]
 
@@ -216,13 +216,7 @@ class Pipeline:
 
         def settle(done: asyncio.Future[Any]) -> None:
             self._retried.discard(done)
-            if future.done():
-                return
-            exc = done.exception()
-            if exc is not None:
-                future.set_exception(exc)
-            else:
-                future.set_result(done.result())
+            copy_outcome(done, future)
         again.add_done_callback(settle)
 
     # ------------------------------------------------------------------------------
@@ -281,7 +275,7 @@ class Pipeline:
                 if wait.done():
                     continue
                 if not reply.done():  # sent again after a NOSCRIPT: its own batch's WAIT gates it
-                    reply.add_done_callback(functools.partial(_copy, target=wait))
+                    reply.add_done_callback(functools.partial(copy_outcome, target=wait))
                 elif (failure := reply.exception()) is not None:
                     wait.set_exception(failure)
                 elif exc is not None:
@@ -377,16 +371,6 @@ class Pipeline:
         for future in futures:
             if not future.done():
                 future.set_exception(exc)
-
-
-def _copy(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
-    if target.done():
-        return
-    exc = source.exception()
-    if exc is not None:
-        target.set_exception(exc)
-    else:
-        target.set_result(source.result())
 
 
 def protocol_name(protocol: _Protocol) -> str:

@@ -54,3 +54,18 @@ def retrieved(future: asyncio.Future[Any]) -> None:
     its exception so asyncio does not log it as never retrieved."""
     if not future.cancelled():
         future.exception()
+
+
+def copy_outcome(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    """Done-callback: `target` gets `source`'s result, exception or cancellation (unless it
+    is settled already)."""
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+        return
+    exc = source.exception()
+    if exc is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(source.result())
