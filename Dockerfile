@@ -13,6 +13,8 @@ WORKDIR /src
 RUN python -m venv /opt/signaling
 COPY pyproject.toml README.md LICENSE ./
 COPY signaling ./signaling
+COPY nginx/nginx.conf ./nginx/nginx.conf
+COPY nginx/templates ./nginx/templates
 RUN /opt/signaling/bin/pip install .
 
 FROM ${PYTHON_IMAGE}

@@ -177,7 +177,9 @@ def test_dockerignore_keeps_the_context_small_and_secret_free():
     lines = [x for x in (ROOT / ".dockerignore").read_text().splitlines() if x and not x.startswith("#")]
     assert lines[0] == "*"
     allowed = {x[1:].rstrip("/") for x in lines if x.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "LICENSE", "signaling"}
+    # nginx's config ships in the package (signaling/nginx); its certs/ (private keys) never go in
+    assert allowed == {"pyproject.toml", "README.md", "LICENSE", "signaling", "nginx/nginx.conf", "nginx/templates"}
+    assert not any(x.startswith("nginx/certs") or x == "nginx" for x in allowed)
 
 
 # -- Kubernetes ------------------------------------------------------------------------
