@@ -34,7 +34,7 @@ unit: install-test
 
 ## lint: ruff and mypy --strict as configured in pyproject.toml; CI runs it before the tests
 lint: install-test
-	$(BIN)/ruff check signaling tests
+	$(BIN)/ruff check signaling tests examples
 	$(BIN)/mypy
 
 ## docs: regenerate the README's configuration reference from signaling/config.py

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from signaling.client import PeerLink, SignalingClient  # noqa: E402
+from signaling.client import PeerLink, SignalingClient
 
 
 class ChatPeer:
@@ -46,6 +46,7 @@ class ChatPeer:
         self.done = asyncio.Event()
         self.joined = asyncio.Event()
         self.opened = asyncio.Event()
+        self.all_received = asyncio.Event()  # `count` messages came from the other side
 
     @property
     def name(self) -> str:
@@ -99,7 +100,7 @@ class ChatPeer:
         self.link.on("bye", lambda _: self.remote_gone())
         return self.link
 
-    def setup(self, pc) -> None:  # noqa: ANN001 - an aiortc RTCPeerConnection
+    def setup(self, pc) -> None:
         """Prepare each connection the link makes (the first, and any rebuild)."""
         channel = pc.createDataChannel("chat", negotiated=True, id=0)
         self.channel = channel
@@ -115,9 +116,11 @@ class ChatPeer:
             msg = json.loads(data)
             self.received.append(msg["text"])
             self.say(f"{msg['from']}: {msg['text']}")
+            if self.count and len(self.received) >= self.count:
+                self.all_received.set()
 
         @pc.on("track")
-        def on_track(track) -> None:  # noqa: ANN001 - video from a browser: not shown here
+        def on_track(track) -> None:
             self.say(f"receiving {track.kind} (not shown)")
 
     async def chat(self) -> None:
@@ -128,8 +131,8 @@ class ChatPeer:
             self.channel.send(json.dumps({"from": self.name, "text": f"hello #{sent} from {self.name}"}))
             await asyncio.sleep(self.interval)
         # stay until the other side's messages are in too (bounded by the caller's timeout)
-        while len(self.received) < self.count:
-            await asyncio.sleep(0.05)
+        if self.count:
+            await self.all_received.wait()
         self.say(f"sent {sent}, received {len(self.received)}")
         self.done.set()
 
@@ -163,7 +166,7 @@ async def main(argv: list[str] | None = None) -> int:
 
     try:
         await asyncio.wait_for(run_all(), args.timeout or None)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         print("timed out", file=sys.stderr)
         return 1
     ok = all(len(p.received) >= args.count for p in peers)
