@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import support  # noqa: E402
 
 from signaling.bus.redis_link import open_link  # noqa: E402
+from signaling.bus.redis_url import parse  # noqa: E402
 
 SCRIPT = "redis.call('XADD', KEYS[1], 'MAXLEN', '~', 100, '*', 'b', ARGV[1]) return 1"
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
@@ -177,7 +178,7 @@ class Ours(Subject):
     async def open(self) -> None:
         async def noop() -> None:
             return None
-        self.link = open_link(self.url, {"S": SCRIPT}, on_message=lambda c, d: None, on_reconnect=noop,
+        self.link = open_link(parse(self.url), {"S": SCRIPT}, on_message=lambda c, d: None, on_reconnect=noop,
                               on_changed=noop, on_unsettled=lambda: None)
         await self.link.start()
         assert self.link.sha("S") == SHA

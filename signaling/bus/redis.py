@@ -100,8 +100,6 @@ def _outcome_unknown(exc: BaseException) -> bool:
     """True when a command that failed with `exc` may still have run in Redis."""
     if isinstance(exc, CommandNotSent):
         return False
-    if isinstance(exc, RedisConnectionError) and " connecting to " in str(exc):
-        return False  # redis-py could not connect ("Error 111 connecting to host:port"): nothing was sent
     return isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError))
 
 
@@ -118,7 +116,7 @@ class RedisBus(Bus):
         self.inbox_bytes = inbox_bytes
         self.replicas = replicas  # every write on this many replicas before it is acknowledged
         self.quota_memory = quota_memory  # s: after it a quota snapshot says nothing (Limits.memory)
-        target = parse(url)  # (a bad URL is refused here, at start-up)
+        self.target = target = parse(url)  # (a bad URL is refused here, at start-up)
         # Redis Cluster: a peer's keys share a slot, the node-wide keys (schedule, node sets) do not
         self.clustered = target.topology == "cluster"
         self._link: RedisLink | None = None
@@ -211,7 +209,7 @@ class RedisBus(Bus):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         scripts = {name: getattr(lua, name) for name in lua.NAMES}
-        self._link = open_link(self.url, scripts, on_message=self._on_message, on_reconnect=self._on_reconnect,
+        self._link = open_link(self.target, scripts, on_message=self._on_message, on_reconnect=self._on_reconnect,
                                on_changed=self._on_changed, on_unsettled=self._on_unsettled, replicas=self.replicas)
         self._prepare_send()
         try:

@@ -34,7 +34,7 @@ from .base import BusUnavailable
 from .redis_pipeline import CommandNotSent, Pipeline
 from .redis_sentinel import SentinelLocator
 from .redis_subscriber import Subscriber
-from .redis_url import Endpoint, RedisTarget, parse
+from .redis_url import Endpoint, RedisTarget
 from .redis_wire import copy_outcome, pack, retrieved
 
 log = logging.getLogger("signaling.bus.redis")
@@ -129,9 +129,8 @@ class RedisLink(abc.ABC):
         await self.on_reconnect()
 
 
-def open_link(url: str, scripts: dict[str, str], **callbacks: Any) -> RedisLink:
-    """The link for a bus URL (redis_url documents the forms)."""
-    target = parse(url)
+def open_link(target: RedisTarget, scripts: dict[str, str], **callbacks: Any) -> RedisLink:
+    """The link for a bus URL's target (`redis_url.parse`)."""
     if target.topology == "cluster":
         return ClusterLink(target, {k: v.replace("'PUBLISH'", "'SPUBLISH'") for k, v in scripts.items()},
                            **callbacks)

@@ -7,6 +7,7 @@ import redis
 from redis.crc import key_slot
 
 from signaling.bus.redis_link import ClusterLink, open_link
+from signaling.bus.redis_url import parse
 
 
 async def _noop() -> None:
@@ -14,7 +15,7 @@ async def _noop() -> None:
 
 
 async def _link(url: str) -> ClusterLink:
-    link = open_link(url, {}, on_message=lambda channel, data: None, on_reconnect=_noop, on_changed=_noop,
+    link = open_link(parse(url), {}, on_message=lambda channel, data: None, on_reconnect=_noop, on_changed=_noop,
                      on_unsettled=lambda: None)
     assert isinstance(link, ClusterLink)
     await link.start()

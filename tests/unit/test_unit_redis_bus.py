@@ -101,7 +101,7 @@ def test_the_hot_path_packs_send_exactly_as_the_generic_packer_would():
     bus = RedisBus("redis://127.0.0.1:1/0", node_id="n1", grace=30.0, inbox_limit=256, inbox_bytes=5000)
     from signaling.bus.redis_link import open_link
 
-    bus._link = open_link(bus.url, {"SEND": ""}, on_message=None, on_reconnect=None, on_changed=None,
+    bus._link = open_link(bus.target, {"SEND": ""}, on_message=None, on_reconnect=None, on_changed=None,
                           on_unsettled=None)
     bus._link._shas["SEND"] = "f" * 40
     bus._prepare_send()  # what start() does once the scripts are known
