@@ -318,6 +318,13 @@ def test_the_redis_password_never_reaches_the_settings_line():
     assert "s3cr3t" not in shown and "rediss://app:***@redis.internal:6380/2" in shown
     assert redact_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
     assert redact_url("redis://h:1/0") == "redis://h:1/0"
+    # every form the bus takes: a lone password, sentinel and TLS key passwords in the query
+    assert redact_url("redis://pw@h/0") == "redis://***@h/0"
+    assert redact_url("redis+sentinel://app:pw@s1:1,s2:2/m/0?sentinel_password=sp&db=0") == \
+        "redis+sentinel://app:***@s1:1,s2:2/m/0?sentinel_password=***&db=0"
+    assert redact_url("rediss://u:pw@h/0?ssl_ca_certs=/ca.pem&ssl_password=kp") == \
+        "rediss://u:***@h/0?ssl_ca_certs=/ca.pem&ssl_password=***"
+    assert redact_url("unix://u:pw@/run/redis.sock?db=1") == "unix://u:***@/run/redis.sock?db=1"
 
 
 def test_the_redis_url_can_come_from_a_file(tmp_path):
