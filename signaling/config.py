@@ -65,6 +65,11 @@ class Settings:
     redis_replicas: int = _opt(0, "Replicas every write must reach before it is acknowledged (Redis WAIT after each "
                                "batch): with 1 or more, a Sentinel or Cluster failover cannot lose a message a client "
                                "was told was delivered or queued. 0: acknowledged once the primary has it.")
+    replay_window: float = _opt(5.0, "Seconds a node keeps each message Redis acknowledged, counted while Redis is "
+                                "seen alive, so that if Redis loses its data (restarted empty) before passing a "
+                                "message on to the recipient's node, the sender's node hands it in again. 0: off.")
+    replay_bytes: int = _opt(67108864, "Bytes of messages a node keeps for --replay-window; past it the oldest go "
+                             "(counted in signaling_replay_dropped_total) and rely on Redis's own durability.")
     key_prefix: str = _opt("signaling", "Prefix of every Redis key and channel, so several clusters can share one "
                            "Redis.")
     node_ttl: float = _opt(3.0, "Length of a node's lease in Redis: a node that cannot renew it for this many seconds "
@@ -236,6 +241,10 @@ class Settings:
                 raise ConfigError(f"--{_flag(name)} must be positive and finite")
         if not self.connection_headroom >= 0:
             raise ConfigError("--connection-headroom must be zero or more")
+        if not self.replay_window >= 0:
+            raise ConfigError("--replay-window must be zero or more")
+        if not self.replay_bytes >= self.max_frame_bytes:
+            raise ConfigError("--replay-bytes must be at least --max-frame-bytes (a largest message must fit)")
         if not self.redis_replicas >= 0:
             raise ConfigError("--redis-replicas must be zero or more")
         if self.redis_url and not self.redis_url.startswith("memory://"):

@@ -53,6 +53,10 @@ class Metrics:
         self.expired = Gauge("signaling_inbox_expired",
                              "Queued messages dropped before their peer came back (grace or bound).", registry=r)
         self.replayed = Counter("signaling_inbox_replayed", "Inbox messages replayed on reconnect.", registry=r)
+        self.replay_handed_in = Counter("signaling_replay_handed_in",
+                                        "Acked messages handed in again after Redis lost its data set.", registry=r)
+        self.replay_dropped = Counter("signaling_replay_dropped", "Acked messages let go by --replay-bytes before "
+                                      "Redis had been seen alive for --replay-window.", registry=r)
         self.slow_consumers = Counter("signaling_slow_consumers", "Connections closed for falling behind.", registry=r)
         self.heartbeat_timeouts = Counter("signaling_heartbeat_timeouts",
                                           "Connections dropped for not answering a heartbeat ping.", registry=r)

@@ -30,6 +30,7 @@ def from_settings(settings: Settings, metrics: Any = None) -> Bus:
         return RedisBus(url, node_id=settings.node_id, grace=settings.grace, inbox_limit=settings.inbox_limit,
                         prefix=settings.key_prefix, node_ttl=settings.node_ttl, metrics=metrics,
                         quota_memory=settings.limits.memory, inbox_bytes=settings.inbox_bytes,
-                        replicas=settings.redis_replicas)
+                        replicas=settings.redis_replicas, replay_window=settings.replay_window,
+                        replay_bytes=settings.replay_bytes)
     raise ValueError(f"unsupported bus URL scheme {scheme!r}: use memory:// or one of "
                      f"{', '.join(s + '://' for s in REDIS_SCHEMES)}")

@@ -58,6 +58,7 @@ from .base import AttachRefused, Bus, BusUnavailable, LeaseLost, Mailbox
 from .redis_link import RedisLink, open_link
 from .redis_pipeline import CommandNotSent
 from .redis_url import parse
+from .retention import Retention
 
 log = logging.getLogger("signaling.bus.redis")
 T = TypeVar("T")  # what an attempt of _until_known returns
@@ -106,7 +107,8 @@ def _outcome_unknown(exc: BaseException) -> bool:
 class RedisBus(Bus):
     def __init__(self, url: str, *, node_id: str, grace: float, inbox_limit: int, prefix: str = "signaling",
                  node_ttl: float = 3.0, metrics: Any = None, quota_memory: float = 10.0,
-                 inbox_bytes: int = 1 << 40, replicas: int = 0) -> None:
+                 inbox_bytes: int = 1 << 40, replicas: int = 0, replay_window: float = 5.0,
+                 replay_bytes: int = 64 << 20) -> None:
         if not PREFIX.fullmatch(prefix):
             raise ValueError("key prefix must be 1-64 characters of A-Z a-z 0-9 . _ : -")
         if not NODE_ID.fullmatch(node_id):
@@ -115,6 +117,8 @@ class RedisBus(Bus):
         self.prefix, self.node_ttl, self.metrics = prefix, node_ttl, metrics
         self.inbox_bytes = inbox_bytes
         self.replicas = replicas  # every write on this many replicas before it is acknowledged
+        self._retention = Retention(replay_window, replay_bytes)  # what it acked, until surely passed on
+        self._replay_due = False  # Redis lost the data set the retained messages were acked in
         self.quota_memory = quota_memory  # s: after it a quota snapshot says nothing (Limits.memory)
         self.target = target = parse(url)  # (a bad URL is refused here, at start-up)
         # Redis Cluster: a peer's keys share a slot, the node-wide keys (schedule, node sets) do not
@@ -345,6 +349,13 @@ class RedisBus(Bus):
         us, status, era, lost = await self._link.script("LEASE", [self.nodes_key], [
             self.node_id, int(self.node_ttl * 1000), mode, self._era_ms or ""], control=True)
         self._healthy = True
+        if self._era_ms and int(era) != self._era_ms:
+            self._replay_due = True  # a new data set: what was acked in the old one may be gone
+        elif not self._replay_due:
+            self._retention.confirm(sent)  # the same data set, alive now
+        if self._retention.dropped and self.metrics is not None:
+            self.metrics.replay_dropped.inc(self._retention.dropped)
+            self._retention.dropped = 0
         self._era_ms, self._era_lost = int(era), bool(lost)
         return sent, int(us), int(status)
 
@@ -404,6 +415,7 @@ class RedisBus(Bus):
                         await self._reconcile()
                 else:
                     await self._take_lease()
+                    await self._replay()
             except LeaseLost:
                 pass  # the next step takes a new one
             except (RedisError, OSError, BusUnavailable) as exc:
@@ -537,11 +549,13 @@ class RedisBus(Bus):
             res = await self._until_known(lambda retry: link.call_packed(
                 route, self._packed_send(keys, body, origin, key, True)), retry=True)
         kind = res[0]
-        if kind == 4:
+        if kind == 1 or kind == 2:
+            self._retention.add(time.monotonic(), to, res[1], body, key)
+        elif kind == 4:
             return Result(Outcome.REPLACED)
-        if kind == 3:
+        elif kind == 3:
             raise BusUnavailable("this connection is not registered in Redis right now")
-        if kind == 0 and (self._settling() or not self._subscribed):
+        elif kind == 0 and (self._settling() or not self._subscribed):
             raise BusUnavailable("Redis may have been reset; nodes are registering their peers again")
         return Result((Outcome.NO_PEER, Outcome.DELIVERED, Outcome.QUEUED)[kind])
 
@@ -654,6 +668,10 @@ class RedisBus(Bus):
             return [link.call_packed(route, self._packed_send(keys, body, origin, key, retry))
                     for route, keys in routes]
         results = await self._until_known(lambda retry: _all(attempt(retry)))
+        now = time.monotonic()
+        for m, res in zip(targets, results, strict=True):
+            if res[0] == 1 or res[0] == 2:
+                self._retention.add(now, m, res[1], body, key)
         ghosts = [m for m, res in zip(targets, results, strict=True) if res[0] == 0]
         # left without their rooms being cleaned (a crash mid-way): repair now
         if ghosts and repair and not self._settling():
@@ -822,6 +840,7 @@ class RedisBus(Bus):
                     await self._renew_lease()
                     await self._register_again()
                     await self._reconcile()
+                    await self._replay()
                     self._healthy = True
         self._recovering = False
 
@@ -868,7 +887,7 @@ class RedisBus(Bus):
                     gaps += 1
                     local.mailbox.lost()
                     continue
-                if kind == 1:
+                if len(res) > 1:  # (kind 1, or 2 with what senders handed in again)
                     epoch: int = local.epoch  # type: ignore[assignment]  # (only attached connections register)
                     for seq, body in res[1]:
                         self._handle(local, envelope.Envelope("d", epoch, seq.decode(), body))
@@ -887,6 +906,36 @@ class RedisBus(Bus):
         if refused or gaps:
             log.warning("%d connections no longer own their peer and %d missed messages the inbox bound pushed "
                         "out: closed so they resume", refused, gaps)
+
+    async def _replay(self) -> None:
+        """After Redis lost the data set: hand in again what this node had acked in it and
+        Redis may not have passed on (retention.py), oldest first, REGISTER_BATCH a round
+        trip. What a batch could not reach Redis with is kept for the next try."""
+        if not self._replay_due:
+            return
+        self._replay_due = False
+        entries = self._retention.take()
+        handed = waiting = 0
+        for i in range(0, len(entries), REGISTER_BATCH):
+            batch = entries[i:i + REGISTER_BATCH]
+            calls = []
+            for e in batch:
+                state, inbox, _, channel = self._peer_keys(e.to)
+                calls.append(("REPLAY", [state, inbox, channel], [e.seq, e.body, e.key, self._grace_ms]))
+            try:
+                results = await self._run_scripts(calls)
+            except (RedisError, OSError, BusUnavailable):
+                self._retention.give_back(entries[i:])
+                self._replay_due = True
+                raise
+            handed += sum(1 for r in results if r == 1)
+            waiting += sum(1 for r in results if r == 2)
+        if self.metrics is not None:
+            self.metrics.replay_handed_in.inc(handed + waiting)
+        if entries:
+            log.warning("Redis lost its data set: handed in again %d of the %d messages this node had acked in it "
+                        "in the last %gs (%d to a connected peer, %d to an inbox)", handed + waiting, len(entries),
+                        self._retention.window, handed, waiting)
 
     async def _reconcile(self) -> None:
         """Peers Redis still places on this node that ended while it was unreachable

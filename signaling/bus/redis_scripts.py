@@ -7,9 +7,11 @@ Per peer, all under the hash tag `{p:<id>}`:
   state   hash   epoch (the owning connection: its fence), started (when that
                  connection's handshake began), node, connected (1/0), deadline (ms),
                  delivered (seq), trimmed (set when the inbox was lost: a resume from
-                 before it has a gap)
+                 before it has a gap), restored (the last seq its connection had when
+                 Redis lost the peer and its node registered it again: REGISTER)
   inbox   stream the peer's deliveries; its ids are the seqs, each entry `b` (body) and
-                 `k` (the sending node's key for that send, so a retry finds it).
+                 `k` (the sending node's key for that send, so a retry finds it), and
+                 `o` on one handed in again after a loss under a newer id (its first seq).
                  Bounded in entries and in bytes (state `ib`, counted as inbox.entry_size):
                  SEND lets the oldest go (past a bound, down to 15/16 of it) and records
                  the newest one gone in `trimmed`
@@ -77,6 +79,7 @@ local function window(inbox, limit, trimmed)
   return last, first, trimmed
 end
 local ENTRY_OVERHEAD = 64  -- inbox.ENTRY_OVERHEAD
+local MAX_REPLAYED = 4096  -- entries REGISTER looks through for what was handed in again (REPLAY)
 local function entry_size(e)  -- an XRANGE entry, as inbox.entry_size counts it
   local f = e[2]
   for j = 1, #f, 2 do if f[j] == 'b' then return #f[j + 1] + ENTRY_OVERHEAD end end
@@ -423,7 +426,8 @@ return 0
 # -> {0} the connection does not own the peer (any more): close it so the client resumes
 #  | {1, replay {{id, body}...}} it owns it: what reached the inbox after last seq, to hand
 #    over before anything newer | {3} it owns it but the bound cut into that gap
-#  | {2} restored from nothing (new seqs follow last seq; a resume from before it has a gap)
+#  | {2, replay} restored from nothing (new seqs follow last seq; a resume from before it has a
+#    gap): what senders handed in again that this connection never had (REPLAY)
 REGISTER = _KEEPS_ALIVE + _COMMON + """
 local state, inbox, rooms = KEYS[1], KEYS[2], KEYS[3]
 local st = redis.call('HMGET', state, 'epoch', 'connected', 'node', 'trimmed')
@@ -436,19 +440,73 @@ if st[1] then
   if #ARGV > 4 then redis.call('SADD', rooms, unpack(ARGV, 5)) end
   return {1, bodies(replay)}
 end
-local ms, n = string.match(ARGV[3], '^(%d+)-(%d+)$')
-if not ms then return redis.error_reply('REGISTER: bad seq') end
+if not string.match(ARGV[3], '^%d+-%d+$') then return redis.error_reply('REGISTER: bad seq') end
+-- senders may have handed in again what they had acked before the loss (REPLAY): what this
+-- connection never had stays, in order; what it had goes (`o`: the seq it was first given)
+local keep, had, bytes, last = {}, {}, 0, nil
+if redis.call('EXISTS', inbox) == 1 then
+  last = window(inbox, 0, '0-0')
+  for _, e in ipairs(redis.call('XRANGE', inbox, '-', '+', 'COUNT', MAX_REPLAYED)) do
+    local f, first = e[2], e[1]
+    for j = 1, #f, 2 do if f[j] == 'o' then first = f[j + 1] end end
+    if cmp(first, ARGV[3]) > 0 then
+      keep[#keep + 1], bytes = e, bytes + entry_size(e)
+    else
+      had[#had + 1] = e[1]
+    end
+  end
+end
 redis.call('HSET', state, 'epoch', ARGV[1], 'started', 0, 'node', ARGV[2], 'connected', 1, 'deadline', 0,
-           'delivered', ARGV[3], 'trimmed', ARGV[3])
-if redis.call('EXISTS', inbox) == 0 then
-  -- new seqs must follow the ones this peer already has: start the stream after ARGV[3]
-  local id = redis.call('XADD', inbox, ms .. '-' .. (tonumber(n) + 1), 'b', '', 'k', '')
-  redis.call('XDEL', inbox, id)
+           'delivered', ARGV[3], 'trimmed', ARGV[3], 'restored', ARGV[3], 'ib', bytes)
+for i = 1, #had, 1000 do redis.call('XDEL', inbox, unpack(had, i, math.min(i + 999, #had))) end
+if not last then
+  -- new seqs must follow the ones this peer already has: start the stream at ARGV[3] (a
+  -- sender's REPLAY of the seq after it then keeps that seq)
+  if ARGV[3] ~= '0-0' then redis.call('XDEL', inbox, redis.call('XADD', inbox, ARGV[3], 'b', '', 'k', '')) end
+else
+  redis.call('PERSIST', inbox)
+  if cmp(last, ARGV[3]) < 0 then redis.call('XSETID', inbox, ARGV[3]) end
 end
 if #ARGV > 4 then redis.call('SADD', rooms, unpack(ARGV, 5)) end
-return {2}
+return {2, bodies(keep)}
+"""
+
+# A message this node acked before Redis lost its data set, handed in again (retention.py).
+# Only a peer that was connected through the loss (`restored`: REGISTER) or whose node has
+# not registered it again yet (no state) can be missing it; the seq it was first given
+# says whether it had it. It keeps that seq unless newer ones were given meanwhile.
+# KEYS: state, inbox, channel   ARGV: seq, body, the send's key, grace ms
+# -> 0 nothing to do (it is there, the peer had it, or it connected afresh since the loss)
+#  | 1 handed to the peer's node | 2 waiting in its inbox
+REPLAY = _COMMON + """
+local state, inbox, channel = KEYS[1], KEYS[2], KEYS[3]
+local seq = ARGV[1]
+if not string.match(seq, '^%d+-%d+$') then return redis.error_reply('REPLAY: bad seq') end
+-- there already: given that seq after the loss, or handed in by an earlier try (the newest few)
+for _, e in ipairs(redis.call('XREVRANGE', inbox, '+', seq, 'COUNT', 32)) do
+  local f = e[2]
+  for j = 1, #f, 2 do if f[j] == 'k' and f[j + 1] == ARGV[3] then return 0 end end
+end
+local st = redis.call('HMGET', state, 'epoch', 'connected', 'restored')
+if st[1] and (not st[3] or cmp(seq, st[3]) <= 0) then return 0 end
+local last = window(inbox, 0, '0-0')
+local id
+if cmp(seq, last) > 0 then
+  id = redis.call('XADD', inbox, seq, 'b', ARGV[2], 'k', ARGV[3])
+else
+  id = redis.call('XADD', inbox, '*', 'b', ARGV[2], 'k', ARGV[3], 'o', seq)
+end
+if not st[1] then
+  if redis.call('PTTL', inbox) < 0 then redis.call('PEXPIRE', inbox, ARGV[4]) end
+  return 2
+end
+redis.call('HINCRBY', state, 'ib', #ARGV[2] + ENTRY_OVERHEAD)
+if st[2] ~= '1' then return 2 end
+local heard = redis.call('PUBLISH', channel,
+  cmsgpack.pack({v = 1, k = 'd', e = tonumber(st[1]), s = id, b = ARGV[2], t = time_ms()}))
+return heard > 0 and 1 or 2
 """
 
 NAMES = ("ATTACH", "DETACH", "ORPHAN", "EXPIRE", "SEND", "TRIM", "OWNS", "JOIN_PEER", "LEAVE_PEER", "JOIN_ROOM",
          "LEAVE_ROOM", "MEMBERS_IF_IN", "UNSCHEDULE", "DUE", "LEASE", "MARK_LOST", "DEAD_NODES", "FORGET_NODE",
-         "REGISTER")
+         "REGISTER", "REPLAY")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 
 import aiohttp
@@ -233,3 +234,55 @@ async def test_scripts_flushed_under_the_bus_are_loaded_again(redis_server, key_
         assert box.bodies == [b'{"type":"message","data":1}', b'{"type":"message","data":2}']
     finally:
         await bus.close()
+
+
+async def test_acked_messages_redis_had_not_passed_on_survive_its_empty_restart(own_redis, key_prefix, tmp_path,
+                                                                                connect):
+    """A message acked as delivered can still be in Redis's output buffer to the recipient's
+    node when Redis dies; an empty restart takes it along. The sender's node keeps what it
+    acked until Redis has had time to pass it on, and hands it in again after the loss.
+    Here the recipient's node is paused while 6 MB go to it, so the kernel's socket buffers
+    fill and the rest waits in Redis, which is then SIGKILLed and restarted empty."""
+    common = ("--redis-url", own_redis.url, "--key-prefix", key_prefix, "--grace", "30", "--node-ttl", "6",
+              "--rate", "100000", "--burst", "100000", "--byte-rate", "1e9", "--byte-burst", "100000000",
+              "--inbox-bytes", "33554432")
+    n1 = NodeProcess(*common, "--node-id", "node-1").start(tmp_path)
+    n2 = NodeProcess(*common, "--node-id", "node-2").start(tmp_path)
+    try:
+        await n1.wait_ready()
+        await n2.wait_ready()
+        alice = await connect(n1.ws_base, peer="alice")
+        bob = await connect(n2.ws_base, peer="bob")
+        await alice.send(type="message", to="bob", data="hello", id="h")
+        await alice.expect("ack", id="h")
+        await bob.expect("message", data="hello")
+
+        pad, count = "x" * 60_000, 100
+        n2.signal(signal.SIGSTOP)
+        try:
+            for i in range(count):
+                await alice.send(type="message", to="bob", data={"i": i, "pad": pad}, id=i)
+            for i in range(count):
+                reply = await alice.recv(timeout=5)
+                assert reply == {"type": "ack", "id": i}, reply  # delivered: bob is connected
+            own_redis.kill()
+            own_redis.start()  # same port, no persistence: it comes back EMPTY
+        finally:
+            n2.signal(signal.SIGCONT)
+
+        got: list[int] = []
+        deadline = time.monotonic() + 20
+        while len(got) < count and time.monotonic() < deadline:
+            try:
+                msg = await bob.recv(timeout=max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+            assert msg["type"] == "message", msg  # bob's connection stayed up: no churn, no close
+            got.append(msg["data"]["i"])
+        assert got == list(range(count)), (f"bob got {len(got)} of {count} acked messages "
+                                           f"(missing {sorted(set(range(count)) - set(got))[:10]}...)")
+        with pytest.raises(TimeoutError):
+            await bob.recv(timeout=1)  # and none twice
+    finally:
+        n1.stop()
+        n2.stop()

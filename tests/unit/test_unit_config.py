@@ -332,3 +332,13 @@ def test_the_redis_url_can_come_from_a_file(tmp_path):
     path.write_text("redis://app:s3cr3t@h:6379/0\n")
     assert Settings(redis_url_file=str(path)).check().redis_url == "redis://app:s3cr3t@h:6379/0"
     assert "not both" in config_error(redis_url_file=str(path), redis_url="redis://h")
+
+
+def test_replay_limits_are_checked():
+    assert "--replay-window must be zero or more" in config_error(replay_window=-1)
+    assert "--replay-window must be zero or more" in config_error(replay_window=float("nan"))
+    assert "--replay-bytes must be at least --max-frame-bytes" in config_error(replay_bytes=1000,
+                                                                             max_frame_bytes=4096)
+    s = parse_args(["--replay-window", "0", "--replay-bytes", "1048576"])
+    assert (s.replay_window, s.replay_bytes) == (0.0, 1048576)
+    assert load(None, {"SIGNALING_REPLAY_WINDOW": "2.5"}).replay_window == 2.5

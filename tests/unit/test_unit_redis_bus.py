@@ -132,7 +132,7 @@ async def test_registering_again_after_redis_lost_everything_puts_the_peer_back_
     await bus.start()
     try:
         state, inbox, rooms, _ = bus._peer_keys("carol")
-        assert await bus._eval("REGISTER", [state, inbox, rooms], [7, "n1", "5-0", 10, "r1"]) == [2]
+        assert await bus._eval("REGISTER", [state, inbox, rooms], [7, "n1", "5-0", 10, "r1"]) == [2, []]
         box = RecordingMailbox(decode=False, lost_is_error=False)
         bus._local["bob"] = [_Local(box, "bob", epoch=7, last_seq="5-0", rooms=frozenset({"r1", "r2"}))]
         bus._lease_until = time.monotonic() - 0.001  # lapsed mid-round
@@ -187,3 +187,81 @@ async def test_the_estimate_of_redis_clock_ignores_a_reply_held_up_on_the_way():
     assert bus._redis_time_us(now) == good  # the slow sample is not taken
     if bus._lease_timer is not None:
         bus._lease_timer.cancel()
+
+
+# -- handing in again what was acked before Redis lost its data (REPLAY, REGISTER) ----------
+
+async def _lost_bob(redis_server, key_prefix) -> RedisBus:
+    bus = RedisBus(redis_server.url, node_id="n1", grace=5, inbox_limit=100, prefix=key_prefix)
+    await bus.start()
+    return bus
+
+
+async def _replay(bus: RedisBus, seq: str, body: bytes, key: bytes) -> int:
+    state, inbox, _, channel = bus._peer_keys("bob")
+    return int(await bus._eval("REPLAY", [state, inbox, channel], [seq, body, key, 5000]))
+
+
+async def _register(bus: RedisBus, last: str) -> list:
+    state, inbox, rooms, _ = bus._peer_keys("bob")
+    return await bus._eval("REGISTER", [state, inbox, rooms], [9, "n1", last, 100])
+
+
+async def test_handed_in_before_its_node_registers_it_bob_gets_only_what_he_never_had(redis_server, key_prefix):
+    bus = await _lost_bob(redis_server, key_prefix)
+    try:
+        # two senders hand in, the newer first: the older one can no longer keep its seq
+        assert await _replay(bus, "1000-3", b"m3", b"a:3") == 2
+        assert await _replay(bus, "1000-1", b"m1", b"b:1") == 2
+        assert await _replay(bus, "1000-2", b"m2", b"b:2") == 2
+        assert await _replay(bus, "1000-3", b"m3", b"a:3") == 0  # handed in twice: once
+        kind, replay = await _register(bus, "1000-1")  # bob's connection had 1000-1 and before
+        assert kind == 2
+        assert [body for _, body in replay] == [b"m3", b"m2"]
+        assert replay[0][0] == b"1000-3"  # kept its seq; m2 got a newer one
+        assert [int(x) for x in replay[1][0].split(b"-")] > [1000, 3]
+        state, inbox, _, _ = bus._peer_keys("bob")
+        import redis.asyncio as aioredis
+
+        async with aioredis.from_url(redis_server.url) as r:
+            assert await r.xlen(inbox) == 2 and await r.pttl(inbox) == -1  # m1 gone; no expiry on a live inbox
+            assert int(await r.hget(state, "ib")) == 2 * (2 + 64)
+            new = await r.xadd(inbox, {"b": b"later", "k": b""})
+            assert [int(x) for x in new.split(b"-")] > [int(x) for x in replay[1][0].split(b"-")]
+    finally:
+        await bus.close()
+
+
+async def test_handed_in_after_its_node_registered_it_what_bob_had_is_not_sent_twice(redis_server, key_prefix):
+    bus = await _lost_bob(redis_server, key_prefix)
+    try:
+        kind, replay = await _register(bus, "1000-5")
+        assert (kind, replay) == (2, [])
+        assert await _replay(bus, "1000-4", b"had", b"a:4") == 0
+        assert await _replay(bus, "1000-5", b"had too", b"a:5") == 0
+        assert await _replay(bus, "1000-6", b"never had", b"a:6") == 2  # (nobody subscribed to hear it)
+        state, inbox, _, _ = bus._peer_keys("bob")
+        import redis.asyncio as aioredis
+
+        async with aioredis.from_url(redis_server.url) as r:
+            assert [(i, f[b"b"]) for i, f in await r.xrange(inbox)] == [(b"1000-6", b"never had")]
+            # bob connected afresh since the loss (no `restored`): he was told resumed: false
+            await r.hdel(state, "restored")
+        assert await _replay(bus, "1000-7", b"for the old session", b"a:7") == 0
+    finally:
+        await bus.close()
+
+
+async def test_a_replay_reaches_the_live_connection_through_its_channel(redis_server, key_prefix):
+    bus = await _lost_bob(redis_server, key_prefix)
+    try:
+        box = RecordingMailbox(decode=False, lost_is_error=False)
+        await bus._subscribe(bus._peer_keys("bob")[3].encode(), "bob")
+        bus._local["bob"] = [_Local(box, "bob", epoch=9, last_seq="1000-1")]
+        await bus._register_again()
+        assert await _replay(bus, "1000-2", b"m2", b"a:2") == 1
+        from support import eventually
+
+        await eventually(lambda: box.got == [("1000-2", b"m2")])
+    finally:
+        await bus.close()
