@@ -14,13 +14,12 @@ Sans-I/O: the bus feeds it times and entries; it never touches Redis or a clock.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 
 ENTRY_OVERHEAD = 128  # bytes counted per entry beyond its body: the tuple, the ids, the deque slot
 
 
-@dataclass(frozen=True, slots=True)
-class Retained:
+class Retained(NamedTuple):
     at: float  # monotonic, when Redis acknowledged it
     to: str  # the recipient peer id
     seq: bytes  # its id in the recipient's inbox
@@ -31,7 +30,8 @@ class Retained:
 class Retention:
     def __init__(self, window: float, max_bytes: int) -> None:
         self.window, self.max_bytes = window, max_bytes
-        self._entries: deque[Retained] = deque()
+        self._entries: deque[tuple[float, str, bytes, bytes, bytes]] = deque()  # Retained's fields: a plain
+        # tuple per message is the cheapest record there is (this runs for every acked send)
         self.bytes = 0
         self.dropped = 0  # let go by the byte bound before Redis had been seen alive for `window`
 
@@ -41,7 +41,7 @@ class Retention:
     def add(self, at: float, to: str, seq: bytes, body: bytes, key: bytes) -> None:
         if self.window <= 0:
             return
-        self._entries.append(Retained(at, to, seq, body, key))
+        self._entries.append((at, to, seq, body, key))
         self.bytes += len(body) + ENTRY_OVERHEAD
         while self.bytes > self.max_bytes and self._entries:
             self._pop()
@@ -51,21 +51,20 @@ class Retention:
         """Redis was alive, with the same data set, at `alive_at` (monotonic): what it
         acknowledged `window` seconds or more before that has been passed on."""
         entries, horizon = self._entries, alive_at - self.window
-        while entries and entries[0].at <= horizon:
+        while entries and entries[0][0] <= horizon:
             self._pop()
 
     def take(self) -> list[Retained]:
         """Everything kept, oldest first (to hand in again after a loss); kept no longer."""
-        out = list(self._entries)
+        out = [Retained(*e) for e in self._entries]
         self._entries.clear()
         self.bytes = 0
         return out
 
     def give_back(self, entries: list[Retained]) -> None:
         """Entries taken but not handed in (Redis went away again): first in line again."""
-        self._entries.extendleft(reversed(entries))
+        self._entries.extendleft((e.at, e.to, e.seq, e.body, e.key) for e in reversed(entries))
         self.bytes += sum(len(e.body) + ENTRY_OVERHEAD for e in entries)
 
     def _pop(self) -> None:
-        entry = self._entries.popleft()
-        self.bytes -= len(entry.body) + ENTRY_OVERHEAD
+        self.bytes -= len(self._entries.popleft()[3]) + ENTRY_OVERHEAD
