@@ -65,9 +65,11 @@ class Settings:
     redis_replicas: int = _opt(0, "Replicas every write must reach before it is acknowledged (Redis WAIT after each "
                                "batch): with 1 or more, a Sentinel or Cluster failover cannot lose a message a client "
                                "was told was delivered or queued. 0: acknowledged once the primary has it.")
-    replay_window: float = _opt(5.0, "Seconds a node keeps each message Redis acknowledged, counted while Redis is "
+    replay_window: float = _opt(3.0, "Seconds a node keeps each message Redis acknowledged, counted while Redis is "
                                 "seen alive, so that if Redis loses its data (restarted empty) before passing a "
-                                "message on to the recipient's node, the sender's node hands it in again. 0: off.")
+                                "message on to the recipient's node, the sender's node hands it in again. Keep it at "
+                                "least 0.8 x --node-ttl: a recipient's node that reads nothing for that long closes "
+                                "its sockets, and its clients learn of a loss from `resumed: false`. 0: off.")
     replay_bytes: int = _opt(67108864, "Bytes of messages a node keeps for --replay-window; past it the oldest go "
                              "(counted in signaling_replay_dropped_total) and rely on Redis's own durability.")
     key_prefix: str = _opt("signaling", "Prefix of every Redis key and channel, so several clusters can share one "

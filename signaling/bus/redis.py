@@ -107,7 +107,7 @@ def _outcome_unknown(exc: BaseException) -> bool:
 class RedisBus(Bus):
     def __init__(self, url: str, *, node_id: str, grace: float, inbox_limit: int, prefix: str = "signaling",
                  node_ttl: float = 3.0, metrics: Any = None, quota_memory: float = 10.0,
-                 inbox_bytes: int = 1 << 40, replicas: int = 0, replay_window: float = 5.0,
+                 inbox_bytes: int = 1 << 40, replicas: int = 0, replay_window: float = 3.0,
                  replay_bytes: int = 64 << 20) -> None:
         if not PREFIX.fullmatch(prefix):
             raise ValueError("key prefix must be 1-64 characters of A-Z a-z 0-9 . _ : -")
