@@ -26,8 +26,8 @@ from .config import Settings
 from .inbox import parse_resume
 from .metrics import CONTENT_TYPE, Metrics
 from .node import Node
+from .peer_socket import PeerSocket
 from .proxies import client_address
-from .session import Session
 
 log = logging.getLogger("signaling.app")
 STATIC = Path(__file__).parent / "static"
@@ -109,7 +109,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # Node.heartbeat_forever pings the quiet ones, and the session answers pings itself
     ws = web.WebSocketResponse(heartbeat=None, max_msg_size=s.max_frame_bytes, autoping=False,
                                compress=False, decode_text=False)
-    session = Session(node, ws, identity)
+    session = PeerSocket(node, ws, identity)
     node.sessions.add(session)
     task = asyncio.current_task(node.loop)
     assert task is not None
@@ -129,7 +129,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     finally:
         node.sessions.discard(session)
         node.tasks.discard(task)
-        node.quotas.release(session.peer, time.monotonic())  # (acquired by the Session)
+        node.quotas.release(session.peer, time.monotonic())  # (acquired by the PeerSocket)
     return ws
 
 

@@ -71,7 +71,7 @@ class Node:
         return ice_servers(self._static_ice, s.turn_urls, s.turn_secret, s.turn_ttl, peer, time.time())
 
     async def heartbeat_forever(self) -> None:
-        """Ticks every half `heartbeat`: see Session.tick."""
+        """Ticks every half `heartbeat`: see session.Session.tick."""
         while True:
             await asyncio.sleep(self.settings.heartbeat / 2)
             for session in list(self.sessions):

@@ -43,7 +43,7 @@ async def test_sigusr1_logs_every_task_and_the_node_carries_on(processes):
         node.signal(signal.SIGUSR1)
         await asyncio.sleep(0.5)
         dump = node.log().partition("asyncio tasks (SIGUSR1)")[2]
-        assert "signaling/session.py" in dump and " in run" in dump  # the session, with its stack
+        assert "signaling/peer_socket.py" in dump and " in run" in dump  # the session, with its stack
         await client.send(type="ping")
         await client.expect("pong")
     finally:

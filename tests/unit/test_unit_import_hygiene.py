@@ -5,12 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-PURE = ["signaling.core", "signaling.directory", "signaling.inbox", "signaling.protocol", "signaling.auth"]
+PURE = ["signaling.core", "signaling.directory", "signaling.inbox", "signaling.protocol", "signaling.auth",
+        "signaling.session", "signaling.frames", "signaling.bus.retention"]
 
 
-def test_pure_modules_do_not_import_aiohttp_or_redis():
+def test_pure_modules_do_not_import_aiohttp_redis_or_asyncio():
+    # (sans-I/O: asyncio is the event loop, so a module that never imports it cannot await)
     code = (
         "import sys\n"
+        "sys.modules['asyncio'] = None\n"  # importing it raises: catches `import asyncio` anywhere below
         f"for name in {PURE!r}: __import__(name)\n"
         "print(','.join(sorted(m for m in ('aiohttp', 'redis') if m in sys.modules)))\n"
     )
@@ -70,15 +73,19 @@ def test_no_import_cycles_between_modules():
 
 
 def test_the_layers_only_import_downwards():
-    # cli -> server -> app -> node / session -> core <- bus: nothing below imports what is above it
+    # cli -> server -> app -> peer_socket -> node / session -> core <- bus: nothing below imports what is above it
     graph = _import_graph()
-    above = {"signaling.core": {"signaling.session", "signaling.node", "signaling.app", "signaling.server",
-                                "signaling.cli", "signaling.bus"},
-             "signaling.session": {"signaling.app", "signaling.server", "signaling.cli"},
-             "signaling.node": {"signaling.session", "signaling.app", "signaling.server", "signaling.cli"},
+    above = {"signaling.core": {"signaling.session", "signaling.peer_socket", "signaling.node", "signaling.app",
+                                "signaling.server", "signaling.cli", "signaling.bus"},
+             "signaling.session": {"signaling.peer_socket", "signaling.node", "signaling.app", "signaling.server",
+                                   "signaling.cli", "signaling.bus"},
+             "signaling.peer_socket": {"signaling.app", "signaling.server", "signaling.cli"},
+             "signaling.node": {"signaling.session", "signaling.peer_socket", "signaling.app", "signaling.server",
+                                "signaling.cli"},
              "signaling.app": {"signaling.server", "signaling.cli"}}
     for module, forbidden in above.items():
         assert not graph[module] & forbidden, f"{module} imports {sorted(graph[module] & forbidden)}"
     for name, targets in graph.items():
         if name.startswith("signaling.bus"):
-            assert not targets & {"signaling.session", "signaling.node", "signaling.app", "signaling.server"}, name
+            assert not targets & {"signaling.session", "signaling.peer_socket", "signaling.node", "signaling.app",
+                                  "signaling.server"}, name
