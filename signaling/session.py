@@ -251,22 +251,16 @@ class Session:
         lets the inbox go up to there."""
         if self.state is not State.OPEN:
             return None
+        if self.liveness is Liveness.PINGED:
+            self.state = State.QUIET
+            return Action.ABORT
+        heard = self.liveness is Liveness.HEARD
+        self.liveness = Liveness.SILENT if heard else Liveness.PINGED
         written = self.written
-        confirm = None if written is None or written == self._trimmed_to or self._ping_seq is not None else written
-        if self.liveness is Liveness.HEARD:
-            self.liveness = Liveness.SILENT
-            if confirm is None:
-                return None
-            self._ping_seq = confirm
-            return control_frame(PING, confirm.encode())
-        if self.liveness is Liveness.SILENT:
-            self.liveness = Liveness.PINGED
-            if confirm is None:
-                return PING_FRAME
-            self._ping_seq = confirm
-            return control_frame(PING, confirm.encode())
-        self.state = State.QUIET
-        return Action.ABORT
+        if written is None or written == self._trimmed_to or self._ping_seq is not None:
+            return None if heard else PING_FRAME  # nothing (new) to confirm
+        self._ping_seq = written
+        return control_frame(PING, written.encode())
 
     def end(self, socket_code: int | None) -> Ending:
         """-> CLOSED: what the end means for the peer. `socket_code`: the close code the

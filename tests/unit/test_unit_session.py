@@ -30,6 +30,13 @@ def open_session(**kw) -> Session:
     return s
 
 
+def handling_a_frame() -> Session:
+    s = open_session()
+    assert s.received()
+    s.frame()
+    return s
+
+
 def payload(frame: bytes) -> dict:
     assert frame[0] == 0x81  # FIN + text
     return json.loads(frame[2:] if frame[1] < 126 else frame[4:])
@@ -102,9 +109,7 @@ def test_replies_and_pongs_are_written_while_open_or_closing_only():
 # -- OPEN -> CLOSING -> QUIET -> CLOSED ----------------------------------------------
 
 def test_a_close_while_a_frame_is_handled_waits_for_its_answer():
-    s = open_session()
-    s.received()
-    s.frame()
+    s = handling_a_frame()
     closing = s.close(CloseCode.DRAINING, "node draining")
     assert closing == Closing(CloseCode.DRAINING, "node draining", True) and s.state is State.CLOSING
     assert s.close(CloseCode.POLICY, "again") is None  # idempotent: the first code stands
@@ -116,9 +121,7 @@ def test_a_close_while_a_frame_is_handled_waits_for_its_answer():
 
 
 def test_internal_errors_close_without_waiting_for_the_frame():
-    s = open_session()
-    s.received()
-    s.frame()
+    s = handling_a_frame()
     assert s.close(CloseCode.INTERNAL, "x").after_frame is False
 
 
@@ -169,18 +172,14 @@ def test_a_network_loss_keeps_the_peer_reconnecting_with_what_it_was_given():
 # -- cut off: OPEN -> QUIET --------------------------------------------------------------
 
 def test_a_slow_consumer_is_cut_off_at_once_with_1011():
-    s = open_session()
-    s.received()
-    s.frame()
+    s = handling_a_frame()
     closing = s.overflowed()
     assert closing == Closing(CloseCode.INTERNAL, "slow consumer: resume to get the rest", False)
     assert s.state is State.QUIET and s.deliver("9-0", BODY) is None and s.reply(b"{}") is None
 
 
 def test_a_fenced_node_writes_not_one_more_frame_and_does_not_wait():
-    s = open_session()
-    s.received()
-    s.frame()
+    s = handling_a_frame()
     closing = s.fenced()
     assert closing == Closing(CloseCode.DRAINING, "this node lost its place in the cluster; reconnect", False)
     assert s.state is State.QUIET and s.reply(b"{}") is None
