@@ -413,6 +413,8 @@ class RedisBus(Bus):
                     elif self._detach_failed:
                         self._detach_failed = False
                         await self._reconcile()
+                    elif self._replay_due:  # a replay after taking a new lease failed part-way
+                        await self._replay()
                 else:
                     await self._take_lease()
                     await self._replay()

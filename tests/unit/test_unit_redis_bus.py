@@ -265,3 +265,34 @@ async def test_a_replay_reaches_the_live_connection_through_its_channel(redis_se
         await eventually(lambda: box.got == [("1000-2", b"m2")])
     finally:
         await bus.close()
+
+
+async def test_a_replay_cut_off_part_way_keeps_what_it_did_not_hand_in(redis_server, key_prefix):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    import signaling.bus.redis as redis_bus
+
+    bus = await _lost_bob(redis_server, key_prefix)
+    try:
+        for i in range(3):
+            bus._retention.add(0.0, "bob", b"1000-%d" % i, b"m%d" % i, b"a:%d" % i)
+        bus._replay_due = True
+        real, calls = bus._run_scripts, []
+
+        async def cut_off(batch):
+            calls.append(len(batch))
+            if len(calls) == 2:
+                raise RedisConnectionError("connection lost")
+            return await real(batch)
+
+        bus._run_scripts = cut_off
+        redis_bus.REGISTER_BATCH, saved = 2, redis_bus.REGISTER_BATCH
+        try:
+            with pytest.raises(RedisConnectionError):
+                await bus._replay()
+        finally:
+            redis_bus.REGISTER_BATCH = saved
+        assert calls == [2, 1] and bus._replay_due
+        assert [e.seq for e in bus._retention.take()] == [b"1000-2"]  # the first batch went in
+    finally:
+        await bus.close()
