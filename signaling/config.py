@@ -69,7 +69,8 @@ class Settings:
                                 "seen alive, so that if Redis loses its data (restarted empty) before passing a "
                                 "message on to the recipient's node, the sender's node hands it in again. Keep it at "
                                 "least 0.8 x --node-ttl: a recipient's node that reads nothing for that long closes "
-                                "its sockets, and its clients learn of a loss from `resumed: false`. 0: off.")
+                                "its sockets, and its clients learn of a loss from `resumed: false`. 0: off; off too "
+                                "with --redis-replicas, where a promoted replica holds every acknowledged message.")
     replay_bytes: int = _opt(67108864, "Bytes of messages a node keeps for --replay-window; past it the oldest go "
                              "(counted in signaling_replay_dropped_total) and rely on Redis's own durability.")
     key_prefix: str = _opt("signaling", "Prefix of every Redis key and channel, so several clusters can share one "

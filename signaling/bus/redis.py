@@ -117,7 +117,9 @@ class RedisBus(Bus):
         self.prefix, self.node_ttl, self.metrics = prefix, node_ttl, metrics
         self.inbox_bytes = inbox_bytes
         self.replicas = replicas  # every write on this many replicas before it is acknowledged
-        self._retention = Retention(replay_window, replay_bytes)  # what it acked, until surely passed on
+        # what it acked, until surely passed on; with replicas confirming every write a lost
+        # primary's data is on the one promoted, so there is nothing to hand in again
+        self._retention = Retention(replay_window if not replicas else 0.0, replay_bytes)
         self._replay_due = False  # Redis lost the data set the retained messages were acked in
         self.quota_memory = quota_memory  # s: after it a quota snapshot says nothing (Limits.memory)
         self.target = target = parse(url)  # (a bad URL is refused here, at start-up)

@@ -296,3 +296,11 @@ async def test_a_replay_cut_off_part_way_keeps_what_it_did_not_hand_in(redis_ser
         assert [e.seq for e in bus._retention.take()] == [b"1000-2"]  # the first batch went in
     finally:
         await bus.close()
+
+
+def test_with_replicas_confirming_writes_nothing_is_retained():
+    kept = RedisBus("redis://127.0.0.1:1/0", node_id="n1", grace=5, inbox_limit=10, replay_window=3.0)
+    waited = RedisBus("redis://127.0.0.1:1/0", node_id="n1", grace=5, inbox_limit=10, replay_window=3.0, replicas=1)
+    for bus in (kept, waited):
+        bus._retention.add(0.0, "bob", b"1-0", b"m", b"k")
+    assert (len(kept._retention), len(waited._retention)) == (1, 0)
