@@ -810,10 +810,18 @@ class SecureRedisCluster(NodeUsers, RedisClusterServers):
     def primaries_ports(self) -> list[int]:
         return [n["port"] for n in self.nodes() if "master" in n["flags"] and "fail" not in n["flags"] and n["slots"]]
 
-    def replica_of(self, primary_port: int) -> int:
-        nodes = self.nodes()
-        primary_id = next(n["id"] for n in nodes if n["port"] == primary_port)
-        return next(n["port"] for n in nodes if n["master"] == primary_id and "fail" not in n["flags"])
+    def replica_of(self, primary_port: int, timeout: float = 10.0) -> int:
+        """A healthy replica of a primary, as CLUSTER NODES lists it: a node that has just become
+        its replica (after a failover) can take a moment to appear there, so this waits for one."""
+        def linked() -> int | None:
+            nodes = self.nodes()
+            ids = [n["id"] for n in nodes if n["port"] == primary_port]
+            ports = [n["port"] for n in nodes if ids and n["master"] == ids[0] and "fail" not in n["flags"]]
+            return ports[0] if ports else None
+        # (not next(): a StopIteration out of asyncio.to_thread leaves the awaiting future pending
+        # for ever, and the test hung to the suite's timeout)
+        port: int = wait_for(f"a replica of {primary_port} in CLUSTER NODES", linked, timeout, self.diagnostic)
+        return port
 
     def primary_of(self, key: str) -> SecureRedisServer:  # type: ignore[override]  # SecureRedisServer plays RedisServer's part
         slot = key_slot(key.encode())
