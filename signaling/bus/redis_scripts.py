@@ -79,7 +79,6 @@ local function window(inbox, limit, trimmed)
   return last, first, trimmed
 end
 local ENTRY_OVERHEAD = 64  -- inbox.ENTRY_OVERHEAD
-local MAX_REPLAYED = 4096  -- entries REGISTER looks through for what was handed in again (REPLAY)
 local function entry_size(e)  -- an XRANGE entry, as inbox.entry_size counts it
   local f = e[2]
   for j = 1, #f, 2 do if f[j] == 'b' then return #f[j + 1] + ENTRY_OVERHEAD end end
@@ -427,7 +426,8 @@ return 0
 #  | {1, replay {{id, body}...}} it owns it: what reached the inbox after last seq, to hand
 #    over before anything newer | {3} it owns it but the bound cut into that gap
 #  | {2, replay} restored from nothing (new seqs follow last seq; a resume from before it has a
-#    gap): what senders handed in again that this connection never had (REPLAY)
+#    gap): what senders handed in again that this connection never had (REPLAY); {3} if they
+#    handed in more than the inbox bound
 REGISTER = _KEEPS_ALIVE + _COMMON + """
 local state, inbox, rooms = KEYS[1], KEYS[2], KEYS[3]
 local st = redis.call('HMGET', state, 'epoch', 'connected', 'node', 'trimmed')
@@ -446,7 +446,10 @@ if not string.match(ARGV[3], '^%d+-%d+$') then return redis.error_reply('REGISTE
 local keep, had, bytes, last = {}, {}, 0, nil
 if redis.call('EXISTS', inbox) == 1 then
   last = window(inbox, 0, '0-0')
-  for _, e in ipairs(redis.call('XRANGE', inbox, '-', '+', 'COUNT', MAX_REPLAYED)) do
+  local entries = redis.call('XRANGE', inbox, '-', '+', 'COUNT', tonumber(ARGV[4]) + 1)
+  -- more than the inbox bound: this connection cannot be given them all, as after a cut
+  if #entries > tonumber(ARGV[4]) then return {3} end
+  for _, e in ipairs(entries) do
     local f, first = e[2], e[1]
     for j = 1, #f, 2 do if f[j] == 'o' then first = f[j + 1] end end
     if cmp(first, ARGV[3]) > 0 then

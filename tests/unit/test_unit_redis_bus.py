@@ -304,3 +304,17 @@ def test_with_replicas_confirming_writes_nothing_is_retained():
     for bus in (kept, waited):
         bus._retention.add(0.0, "bob", b"1-0", b"m", b"k")
     assert (len(kept._retention), len(waited._retention)) == (1, 0)
+
+
+async def test_more_handed_in_than_the_inbox_bound_is_a_gap_not_a_silent_cut(redis_server, key_prefix):
+    bus = await _lost_bob(redis_server, key_prefix)
+    try:
+        for i in range(1, 4):
+            await _replay(bus, f"1000-{i}", b"m", f"a:{i}".encode())
+        state, inbox, rooms, _ = bus._peer_keys("bob")
+        # inbox bound 2, 3 waiting: the connection cannot be given them all, so it is closed to
+        # resume (and learns of the gap) rather than handed the first 2
+        assert await bus._eval("REGISTER", [state, inbox, rooms], [9, "n1", "1000-0", 2]) == [3]
+        assert (await _register(bus, "1000-0"))[0] == 2  # (bound 100: all 3)
+    finally:
+        await bus.close()
