@@ -57,9 +57,7 @@ class PeerSocket:
 
     # -- Mailbox (called by the bus) -----------------------------------------------
     def deliver(self, seq: str, body: bytes) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            self.session.socket_gone()  # (before the session counts the seq as written)
+        transport = self._writable()  # (before the session counts the seq as written)
         frame = self.session.deliver(seq, body)
         if frame is not None:
             self._send(transport, frame)  # type: ignore[arg-type]  # (not None: else no frame)
@@ -85,15 +83,15 @@ class PeerSocket:
         """The 101 went out: frames are written straight to the request's transport from now
         (aiohttp's writer would copy and lock for each; ours are prebuilt, uncompressed)."""
         self._transport = transport
+        if transport is None:  # (the client is gone already)
+            self.session.socket_gone()
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Close this connection with `code` (idempotent, non-blocking)."""
         self._start_close(self.session.close(code, reason))
 
     def tick(self) -> None:
-        transport = self._transport
-        if transport is not None and transport.is_closing():
-            self.session.socket_gone()
+        transport = self._writable()
         out = self.session.tick()
         if out is None:
             return
@@ -272,20 +270,22 @@ class PeerSocket:
         m.out(reply.kind)
         if reply.code is not None:
             m.error(reply.code)
+        self._write(self.session.reply(reply.frame))
+
+    def _writable(self) -> asyncio.Transport | None:
+        """The transport if it still takes writes (None before the upgrade, when the session
+        writes nothing yet); a closing one the session learns is gone, so it produces no
+        frame and counts no seq as written."""
         transport = self._transport
         if transport is not None and transport.is_closing():
             self.session.socket_gone()
-        frame = self.session.reply(reply.frame)
-        if frame is not None:
-            self._write(frame)
+            return None
+        return transport
 
-    def _write(self, frame: bytes) -> None:
-        """Write a frame the session produced."""
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            self.session.socket_gone()
-            return
-        self._send(transport, frame)
+    def _write(self, frame: bytes | None) -> None:
+        """Write a frame the session produced, if any and if the socket still takes it."""
+        if frame is not None and (transport := self._writable()) is not None:
+            self._send(transport, frame)
 
     def _send(self, transport: asyncio.Transport, frame: bytes) -> None:
         """Write to an open transport; past the send buffer, the session cuts the client off
