@@ -653,7 +653,9 @@ class SentinelTopology(NodeUsers):
         ROLE master, the old primary replicates from it and the sentinels see that (so another
         failover can follow). Returns the new primary's port."""
         old = self.primary()
-        reply = next(s for s in self.sentinels if s.alive()).call("SENTINEL", "FAILOVER", MASTER_NAME)
+        live = [s for s in self.sentinels if s.alive()]  # (not next(): see SecureRedisCluster.replica_of)
+        assert live, f"no sentinel alive\n{self.diagnostic()}"
+        reply = live[0].call("SENTINEL", "FAILOVER", MASTER_NAME)
         assert reply in (True, "OK"), f"SENTINEL FAILOVER answered {reply!r}\n{self.diagnostic()}"
         new = self._wait_new_primary(old, timeout)
         if self.server(old).alive():
